@@ -1,0 +1,204 @@
+"""Every streamrag setting, its default and its validation, in one place.
+
+Settings are pydantic models so that a bad value fails when the config is
+loaded, with a message that names the field (``cache.window_tokens``), rather
+than deep inside a forward pass. YAML files under ``configs/`` are loaded with
+:meth:`StreamRAGConfig.load`; command-line flags arrive as dotted overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DTYPE_ALIASES = {
+    "auto": "auto",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the field and the fix."""
+
+
+def default_data_dir() -> Path:
+    """Where streamrag keeps converted models, the archive and transcripts.
+
+    ``$STREAMRAG_HOME`` wins, then ``$XDG_DATA_HOME/streamrag``, then
+    ``~/.local/share/streamrag``: one directory a user can back up or delete.
+    """
+    if home := os.environ.get("STREAMRAG_HOME"):
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "streamrag"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    """Which model to run, and where."""
+
+    spec: str | None = Field(
+        default=None,
+        description="A hub id, a local folder, or a .gguf file. None means the embedded SmolLM2-135M-Instruct.",
+    )
+    gguf_file: str | None = Field(
+        default=None, description="File name of a GGUF inside `spec` when `spec` is a hub id or folder."
+    )
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: str = Field(default="auto", description="'auto' (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+    attn_implementation: str | None = Field(
+        default=None, description="Passed to transformers (e.g. 'sdpa', 'eager'); None lets transformers choose."
+    )
+    trust_remote_code: bool = False
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        canonical = DTYPE_ALIASES.get(value.lower())
+        if canonical is None:
+            raise ValueError(f"unknown dtype {value!r}; use one of auto, float32/fp32, bfloat16/bf16, float16/fp16")
+        return canonical
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        value = value.lower()
+        if value in {"auto", "cpu", "cuda", "mps"} or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+class CacheSettings(_Section):
+    """The attention-sink window: what stays in the KV cache."""
+
+    sink_tokens: int = Field(default=4, ge=0, description="First tokens that are never evicted (attention sinks).")
+    window_tokens: int = Field(default=2044, gt=0, description="Most recent tokens kept after the sinks.")
+    evict_chunk: int = Field(
+        default=64, gt=0, description="Evict at least this many tokens at once, amortising re-rotation cost."
+    )
+    prefill_chunk: int = Field(default=512, gt=0, description="Longest piece of a message prefilled in one pass.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CacheSettings:
+        if self.window_tokens < self.sink_tokens:
+            raise ValueError(
+                f"window_tokens ({self.window_tokens}) must be at least sink_tokens ({self.sink_tokens}): "
+                "the rolling window has to be larger than the sinks it sits beside"
+            )
+        if self.evict_chunk > self.window_tokens:
+            raise ValueError(
+                f"evict_chunk ({self.evict_chunk}) cannot exceed window_tokens ({self.window_tokens}): "
+                "one eviction would empty the whole window"
+            )
+        return self
+
+    @property
+    def capacity(self) -> int:
+        """Most tokens the cache ever holds: sinks plus window."""
+        return self.sink_tokens + self.window_tokens
+
+
+class GenerationSettings(_Section):
+    """Sampling and stopping for replies."""
+
+    max_new_tokens: int = Field(default=512, gt=0)
+    temperature: float = Field(default=0.7, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    top_k: int = Field(default=50, ge=0, description="0 disables top-k.")
+    repetition_penalty: float = Field(default=1.1, gt=0.0, description="1.0 disables it.")
+    repetition_window: int = Field(
+        default=256, ge=0, description="How many recent cached tokens the repetition penalty looks at."
+    )
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, description="Strings that end a reply (not included in it).")
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str]) -> list[str]:
+        if any(s == "" for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+
+class StreamRAGConfig(_Section):
+    """All settings of one streamrag assistant."""
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    system_prompt: str | None = Field(
+        default=None, description="System message that opens each conversation; None uses the template's default."
+    )
+    max_message_chars: int = Field(
+        default=1_000_000, gt=0, description="Longest message accepted; longer ones are refused with an error."
+    )
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(value).expanduser()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StreamRAGConfig:
+        """Load a YAML file (or defaults), then apply dotted overrides like ``{"cache.window_tokens": 512}``."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config file {path} must hold a mapping at the top level")
+            data = loaded
+        for dotted, value in (overrides or {}).items():
+            if value is None:
+                continue
+            set_dotted(data, dotted, value)
+        return cls.from_dict(data, source=str(path) if path else "settings")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> StreamRAGConfig:
+        """Validate a plain mapping, turning pydantic's report into a :class:`ConfigError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per bad field, each starting with the dotted field name."""
+    lines = [f"invalid {source}:"]
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)

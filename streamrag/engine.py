@@ -1,0 +1,478 @@
+"""Feed tokens, generate, stream: a chat whose KV cache lives as long as the conversation.
+
+:class:`StreamingLM` owns one model, one :class:`~streamrag.cache.SinkCache`
+and one :class:`~streamrag.ledger.Ledger`. Each new message is rendered on its
+own with the model's chat template and prefilled on top of the existing cache,
+so a turn costs only its new tokens. Before any forward pass that would
+overflow ``sink_tokens + window_tokens``, the engine asks the ledger which
+text is about to leave, hands those spans to the eviction subscribers (the
+archive), and only when they all return drops the KV slots. A subscriber that
+raises stops the eviction and the turn, with the cache unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from streamrag.cache import SinkCache
+from streamrag.config import GenerationSettings, StreamRAGConfig, set_dotted
+from streamrag.detokenize import StopMatcher, StreamDecoder
+from streamrag.ledger import EvictionSubscriber, Ledger, MessageRef
+from streamrag.prompt import ChatFormat, RenderedMessage
+from streamrag.rope import key_rotation_for
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+# Flat keyword names accepted by StreamingLM.load(), mapped onto config fields.
+_FLAT_SETTINGS = {
+    "sink_tokens": "cache.sink_tokens",
+    "window_tokens": "cache.window_tokens",
+    "evict_chunk": "cache.evict_chunk",
+    "prefill_chunk": "cache.prefill_chunk",
+    "device": "model.device",
+    "dtype": "model.dtype",
+    "gguf_file": "model.gguf_file",
+    "attn_implementation": "model.attn_implementation",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "top_k": "generation.top_k",
+    "repetition_penalty": "generation.repetition_penalty",
+    "max_new_tokens": "generation.max_new_tokens",
+    "seed": "generation.seed",
+    "stop": "generation.stop",
+    "data_dir": "data_dir",
+    "system_prompt": "system_prompt",
+}
+
+
+class MessageError(ValueError):
+    """A message was refused (empty, too long, unknown role); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of the cache and of the work done so far."""
+
+    cache_tokens: int
+    capacity: int
+    sink_tokens: int
+    window_tokens: int
+    evicted_tokens: int
+    evictions: int
+    cache_bytes: int
+    prefilled_tokens: int
+    generated_tokens: int
+    messages: int
+
+
+@dataclass
+class TurnStats:
+    """What the last turn cost: tokens prefilled and generated, and how fast."""
+
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class _Pending:
+    """Tokens that belong in the cache but are fed with the next message (a reply's closing tags)."""
+
+    message_id: str
+    token_ids: list[int] = field(default_factory=list)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+
+
+class StreamingLM:
+    """A causal LM with an attention-sink cache that persists across turns.
+
+    Most users start with :meth:`load`::
+
+        lm = StreamingLM.load()                      # embedded SmolLM2-135M-Instruct
+        lm = StreamingLM.load("Qwen/Qwen2.5-0.5B-Instruct", window_tokens=4092, device="cuda")
+        for piece in lm.stream_chat("Hello!"):
+            print(piece, end="")
+    """
+
+    def __init__(self, model, tokenizer, config: StreamRAGConfig | None = None, session_id: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or StreamRAGConfig()
+        self.session_id = session_id or uuid.uuid4().hex
+        cache_settings = self.config.cache
+        self.rotation = key_rotation_for(model, cache_settings.capacity)
+        text_config = model.config.get_text_config(decoder=True)
+        self.num_layers = text_config.num_hidden_layers
+        self.max_position_embeddings = getattr(text_config, "max_position_embeddings", None)
+        if self.max_position_embeddings and cache_settings.capacity > self.max_position_embeddings:
+            logger.warning(
+                "cache holds %d tokens but the model was trained on %d positions; expect degraded output",
+                cache_settings.capacity,
+                self.max_position_embeddings,
+            )
+        self.format = ChatFormat(tokenizer)
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self._subscribers: list[EvictionSubscriber] = []
+        self.last_turn = TurnStats()
+        self.reset()
+
+    # -- construction ---------------------------------------------------
+    @classmethod
+    def load(
+        cls, model: str | None = None, config: StreamRAGConfig | str | None = None, **settings
+    ) -> StreamingLM:
+        """Load a model (hub id, folder, .gguf, or None for the embedded default) with a sink cache.
+
+        ``settings`` are flat names such as ``sink_tokens``, ``window_tokens``,
+        ``device``, ``dtype``, ``temperature``; or dotted config paths.
+        """
+        from streamrag.models import load_model
+
+        overrides = {_FLAT_SETTINGS.get(k, k): v for k, v in settings.items() if k != "session_id"}
+        if model is not None:
+            overrides["model.spec"] = model
+        if isinstance(config, StreamRAGConfig):
+            merged = config.model_dump()
+            for dotted, value in overrides.items():
+                set_dotted(merged, dotted, value)
+            config = StreamRAGConfig.from_dict(merged)
+        else:
+            config = StreamRAGConfig.load(config, overrides)
+        hf_model, tokenizer, _ = load_model(config.model, config.data_dir)
+        return cls(hf_model, tokenizer, config, session_id=settings.get("session_id"))
+
+    # -- state ----------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the conversation: empty cache and ledger (subscribers stay)."""
+        settings = self.config.cache
+        self.cache = SinkCache(self.num_layers, settings.sink_tokens, settings.window_tokens, self.rotation)
+        self.ledger = Ledger()
+        self._pending: _Pending | None = None
+        self._messages = 0
+        self._turn = 0
+        self._prefilled_total = 0
+        self._generated_total = 0
+        self._last_logits: torch.Tensor | None = None
+
+    def on_evict(self, subscriber: EvictionSubscriber) -> None:
+        """Call ``subscriber(spans)`` with the text of every eviction, before the KV slots are dropped."""
+        self._subscribers.append(subscriber)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def turn(self) -> int:
+        """Number of user messages so far."""
+        return self._turn
+
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            cache_tokens=self.cache.get_seq_length(),
+            capacity=self.cache.capacity,
+            sink_tokens=self.cache.sink_tokens,
+            window_tokens=self.cache.window_tokens,
+            evicted_tokens=self.cache.evicted_tokens,
+            evictions=self.cache.evictions,
+            cache_bytes=self.cache.nbytes(),
+            prefilled_tokens=self._prefilled_total,
+            generated_tokens=self._generated_total,
+            messages=self._messages,
+        )
+
+    # -- conversation ---------------------------------------------------
+    def add_message(
+        self,
+        role: str,
+        content: str,
+        *,
+        message_id: str | None = None,
+        archive: bool = True,
+        generation_prompt: bool = False,
+    ) -> MessageRef:
+        """Append one message to the conversation and prefill its tokens now.
+
+        ``archive=False`` marks text that must never be archived when evicted
+        (recalled memories). ``generation_prompt=True`` also feeds the tokens
+        that open the assistant's reply.
+        """
+        self._check_message(role, content)
+        if role == "user":
+            self._turn += 1
+        ref = MessageRef(self.session_id, message_id or uuid.uuid4().hex, role, self._turn)
+        rendered = self.format.message(role, content, first=self._messages == 0, generation_prompt=generation_prompt)
+        self.ledger.open_message(ref, archive=archive)
+        self.ledger.extend_text(ref.message_id, content)
+        self._messages += 1
+        started = time.perf_counter()
+        fed = self._flush_pending()
+        self._feed(ref.message_id, rendered)
+        self.ledger.close_message(ref.message_id)
+        self.last_turn = TurnStats(
+            prefilled_tokens=fed + len(rendered), prefill_seconds=time.perf_counter() - started
+        )
+        return ref
+
+    def stream_chat(self, text: str, **generation) -> Iterator[str]:
+        """Add a user message and stream the assistant's reply, piece by piece."""
+        self.add_message("user", text, generation_prompt=True)
+        prefill = self.last_turn
+        yield from self._reply(generation, prefill)
+
+    def chat(self, text: str, **generation) -> str:
+        """Add a user message and return the whole reply."""
+        return "".join(self.stream_chat(text, **generation))
+
+    def stream_reply(self, **generation) -> Iterator[str]:
+        """Stream an assistant reply to the messages added so far (opens the assistant turn itself)."""
+        started = time.perf_counter()
+        fed = self._flush_pending()
+        prompt = self.format.control_ids(self.format.generation_prompt)
+        ref = self._open_reply()
+        self._feed(ref.message_id, RenderedMessage(prompt, [(0, 0)] * len(prompt)))
+        prefill = TurnStats(prefilled_tokens=fed + len(prompt), prefill_seconds=time.perf_counter() - started)
+        yield from self._generate(ref, generation, prefill, close_turn=True)
+
+    def stream_completion(self, prompt: str, **generation) -> Iterator[str]:
+        """Plain continuation of ``prompt`` (no chat template), streamed."""
+        self._check_message("user", prompt)
+        started = time.perf_counter()
+        fed = self._flush_pending()
+        ref = MessageRef(self.session_id, uuid.uuid4().hex, "user", self._turn)
+        self.ledger.open_message(ref)
+        self.ledger.extend_text(ref.message_id, prompt)
+        self._messages += 1
+        rendered = self.format.content(prompt)
+        if self._messages == 1:
+            head = self.format.with_bos([])
+            rendered = RenderedMessage(head + rendered.token_ids, [(0, 0)] * len(head) + rendered.offsets)
+        self._feed(ref.message_id, rendered)
+        self.ledger.close_message(ref.message_id)
+        prefill = TurnStats(prefilled_tokens=fed + len(rendered), prefill_seconds=time.perf_counter() - started)
+        reply = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
+        self.ledger.open_message(reply)
+        self._messages += 1
+        yield from self._generate(reply, generation, prefill, close_turn=False)
+
+    def complete(self, prompt: str, **generation) -> str:
+        return "".join(self.stream_completion(prompt, **generation))
+
+    # -- internals: messages --------------------------------------------
+    def _check_message(self, role: str, content: str) -> None:
+        if role not in ROLES:
+            raise MessageError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise MessageError(f"message content must be a string, not {type(content).__name__}")
+        if not content.strip():
+            raise MessageError("message is empty")
+        limit = self.config.max_message_chars
+        if len(content) > limit:
+            raise MessageError(
+                f"message has {len(content):,} characters, more than max_message_chars ({limit:,}); "
+                "split it or raise the limit"
+            )
+
+    def _reply(self, generation: dict, prefill: TurnStats) -> Iterator[str]:
+        ref = self._open_reply()
+        yield from self._generate(ref, generation, prefill, close_turn=True)
+
+    def _open_reply(self) -> MessageRef:
+        ref = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
+        self.ledger.open_message(ref)
+        self._messages += 1
+        return ref
+
+    # -- internals: tokens ----------------------------------------------
+    def _flush_pending(self) -> int:
+        pending, self._pending = self._pending, None
+        if pending is None or not pending.token_ids:
+            return 0
+        self._feed(pending.message_id, RenderedMessage(pending.token_ids, pending.offsets))
+        self.ledger.close_message(pending.message_id)
+        return len(pending.token_ids)
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict enough to fit ``incoming`` tokens; subscribers see the text first."""
+        count = self.cache.room_needed(incoming, self.config.cache.evict_chunk)
+        if count == 0:
+            return
+        start = self.cache.sink_tokens
+        spans = self.ledger.spans(start, count)
+        for subscriber in self._subscribers:
+            subscriber(spans)  # raising here leaves cache and ledger untouched
+        with torch.inference_mode():
+            self.cache.evict(count)
+        self.ledger.drop(start, count)
+        logger.debug("evicted %d tokens in %d spans", count, len(spans))
+
+    @torch.inference_mode()
+    def _forward(self, token_ids: list[int], all_logits: bool = False) -> torch.Tensor:
+        """One forward pass over tokens already recorded in the ledger; returns fp32 logits."""
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        length = self.cache.get_seq_length()
+        try:
+            out = self.model(
+                input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=0 if all_logits else 1
+            )
+        except BaseException:
+            # Undo a partial update (some layers appended, others not) so cache and ledger agree again.
+            self._truncate(length)
+            raise
+        return out.logits[0].float()
+
+    def _truncate(self, length: int) -> None:
+        for layer in self.cache.layers:
+            if layer.is_initialized and layer.keys is not None and layer.keys.shape[-2] > length:
+                layer.keys = layer.keys[..., :length, :]
+                layer.values = layer.values[..., :length, :]
+        self.ledger.truncate(length)
+
+    def _feed(self, message_id: str, rendered: RenderedMessage) -> None:
+        """Prefill a message's tokens in chunks, evicting between chunks as needed."""
+        settings = self.config.cache
+        chunk = min(settings.prefill_chunk, settings.window_tokens)
+        ids, offsets = rendered.token_ids, rendered.offsets
+        for start in range(0, len(ids), chunk):
+            piece = ids[start : start + chunk]
+            self._make_room(len(piece))
+            for token_id, (a, b) in zip(piece, offsets[start : start + chunk]):
+                self.ledger.append(message_id, token_id, a, b)
+            self._last_logits = self._forward(piece)[-1]
+            self._prefilled_total += len(piece)
+
+    def feed_for_scoring(self, token_ids: list[int]) -> torch.Tensor:
+        """Feed raw tokens and return logits for every position (perplexity benchmarks).
+
+        Tokens go through the same eviction path as chat messages, under one
+        synthetic message, so what is measured is what chat uses.
+        """
+        if not hasattr(self, "_scoring_ref"):
+            self._scoring_ref = MessageRef(self.session_id, "scoring", "user", 0)
+            self.ledger.open_message(self._scoring_ref, archive=False)
+        self._make_room(len(token_ids))
+        for token_id in token_ids:
+            self.ledger.append("scoring", token_id, 0, 0)
+        logits = self._forward(token_ids, all_logits=True)
+        self._prefilled_total += len(token_ids)
+        return logits
+
+    # -- internals: decoding --------------------------------------------
+    def _generation_settings(self, overrides: dict) -> GenerationSettings:
+        if not overrides:
+            return self.config.generation
+        merged = self.config.generation.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+        return GenerationSettings.model_validate(merged)
+
+    def _generate(self, ref: MessageRef, overrides: dict, prefill: TurnStats, close_turn: bool) -> Iterator[str]:
+        settings = self._generation_settings(overrides)
+        processors = _processors(settings)
+        generator = None
+        if settings.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        decoder = StreamDecoder(self.tokenizer)
+        stops = StopMatcher(settings.stop)
+        stats = TurnStats(prefilled_tokens=prefill.prefilled_tokens, prefill_seconds=prefill.prefill_seconds)
+        self.last_turn = stats
+        produced = 0  # characters of generated text so far
+        logits = self._last_logits
+        started = time.perf_counter()
+        try:
+            for _ in range(settings.max_new_tokens):
+                token = self._sample(logits, processors, settings, generator)
+                if token in self.eos_token_ids:
+                    stats.stop_reason = "eos"
+                    break
+                piece = decoder.step(token)
+                self.ledger.extend_text(ref.message_id, piece)
+                self._make_room(1)
+                self.ledger.append(ref.message_id, token, produced, produced + len(piece))
+                produced += len(piece)
+                logits = self._forward([token])[-1]
+                self._last_logits = logits
+                stats.generated_tokens += 1
+                self._generated_total += 1
+                stats.decode_seconds = time.perf_counter() - started
+                visible = stops.push(piece)
+                if visible:
+                    yield visible
+                if stops.stopped:
+                    stats.stop_reason = "stop"
+                    break
+            else:
+                stats.stop_reason = "length"
+            tail = decoder.flush()
+            if tail:
+                self.ledger.extend_text(ref.message_id, tail)
+            visible = stops.push(tail) + stops.flush()
+            if visible:
+                yield visible
+        finally:
+            # Runs also when the caller stops iterating (a stop button): the reply so far stays in the cache.
+            stats.decode_seconds = time.perf_counter() - started
+            if not stats.stop_reason:
+                stats.stop_reason = "interrupted"
+            if close_turn:
+                suffix = self.format.assistant_suffix()
+                self._pending = _Pending(ref.message_id, suffix, [(produced, produced)] * len(suffix))
+            else:
+                self.ledger.close_message(ref.message_id)
+
+    def _sample(self, logits: torch.Tensor, processors, settings: GenerationSettings, generator) -> int:
+        scores = logits.unsqueeze(0)
+        if settings.repetition_penalty != 1.0 and settings.repetition_window > 0:
+            recent = self.ledger.token_ids(-settings.repetition_window)
+            if recent:
+                history = torch.tensor([recent], dtype=torch.long, device=scores.device)
+                scores = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty)(history, scores)
+        if settings.temperature == 0:
+            return int(scores.argmax(dim=-1))
+        scores = processors(None, scores)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _processors(settings: GenerationSettings) -> LogitsProcessorList:
+    processors = LogitsProcessorList()
+    if settings.temperature > 0 and settings.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(settings.temperature))
+    if settings.top_k > 0:
+        processors.append(TopKLogitsWarper(settings.top_k))
+    if settings.top_p < 1.0:
+        processors.append(TopPLogitsWarper(settings.top_p))
+    return processors
+
+
+def _eos_token_ids(model, tokenizer) -> set[int]:
+    """End-of-turn ids from the generation config, model config and tokenizer together."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 DTYPE_ALIASES = {
     "auto": "auto",
@@ -93,19 +93,26 @@ class CacheSettings(_Section):
     )
     prefill_chunk: int = Field(default=512, gt=0, description="Longest piece of a message prefilled in one pass.")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> CacheSettings:
-        if self.window_tokens < self.sink_tokens:
+    @field_validator("window_tokens")
+    @classmethod
+    def _window_holds_sinks(cls, value: int, info: ValidationInfo) -> int:
+        sinks = info.data.get("sink_tokens")
+        if sinks is not None and value < sinks:
             raise ValueError(
-                f"window_tokens ({self.window_tokens}) must be at least sink_tokens ({self.sink_tokens}): "
+                f"window_tokens ({value}) must be at least sink_tokens ({sinks}): "
                 "the rolling window has to be larger than the sinks it sits beside"
             )
-        if self.evict_chunk > self.window_tokens:
+        return value
+
+    @field_validator("evict_chunk")
+    @classmethod
+    def _chunk_fits_window(cls, value: int, info: ValidationInfo) -> int:
+        window = info.data.get("window_tokens")
+        if window is not None and value > window:
             raise ValueError(
-                f"evict_chunk ({self.evict_chunk}) cannot exceed window_tokens ({self.window_tokens}): "
-                "one eviction would empty the whole window"
+                f"evict_chunk ({value}) cannot exceed window_tokens ({window}): one eviction would empty the window"
             )
-        return self
+        return value
 
     @property
     def capacity(self) -> int:

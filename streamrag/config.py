@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -132,6 +132,9 @@ class GenerationSettings(_Section):
         default=256, ge=0, description="How many recent cached tokens the repetition penalty looks at."
     )
     seed: int | None = None
+    ignore_eos: bool = Field(
+        default=False, description="Keep generating past end-of-turn tokens (benchmarks, endless streams)."
+    )
     stop: list[str] = Field(default_factory=list, description="Strings that end a reply (not included in it).")
 
     @field_validator("stop")

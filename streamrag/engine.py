@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from transformers.generation.logits_process import (
@@ -94,15 +94,6 @@ class TurnStats:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
-@dataclass
-class _Pending:
-    """Tokens that belong in the cache but are fed with the next message (a reply's closing tags)."""
-
-    message_id: str
-    token_ids: list[int] = field(default_factory=list)
-    offsets: list[tuple[int, int]] = field(default_factory=list)
-
-
 class StreamingLM:
     """A causal LM with an attention-sink cache that persists across turns.
 
@@ -167,16 +158,21 @@ class StreamingLM:
         settings = self.config.cache
         self.cache = SinkCache(self.num_layers, settings.sink_tokens, settings.window_tokens, self.rotation)
         self.ledger = Ledger()
-        self._pending: _Pending | None = None
+        # A reply's closing template tokens, fed together with the next message's tokens.
+        self._pending: tuple[str, RenderedMessage] | None = None
         self._messages = 0
         self._turn = 0
         self._prefilled_total = 0
         self._generated_total = 0
         self._last_logits: torch.Tensor | None = None
 
-    def on_evict(self, subscriber: EvictionSubscriber) -> None:
-        """Call ``subscriber(spans)`` with the text of every eviction, before the KV slots are dropped."""
+    def on_evict(self, subscriber: EvictionSubscriber) -> Callable[[], None]:
+        """Call ``subscriber(spans)`` with the text of every eviction, before the KV slots are dropped.
+
+        Returns a function that unsubscribes it again.
+        """
         self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
 
     @property
     def device(self) -> torch.device:
@@ -218,20 +214,11 @@ class StreamingLM:
         that open the assistant's reply.
         """
         self._check_message(role, content)
-        if role == "user":
-            self._turn += 1
-        ref = MessageRef(self.session_id, message_id or uuid.uuid4().hex, role, self._turn)
+        turn = self._turn + 1 if role == "user" else self._turn
+        ref = MessageRef(self.session_id, message_id or uuid.uuid4().hex, role, turn)
         rendered = self.format.message(role, content, first=self._messages == 0, generation_prompt=generation_prompt)
-        self.ledger.open_message(ref, archive=archive)
-        self.ledger.extend_text(ref.message_id, content)
-        self._messages += 1
-        started = time.perf_counter()
-        fed = self._flush_pending()
-        self._feed(ref.message_id, rendered)
-        self.ledger.close_message(ref.message_id)
-        self.last_turn = TurnStats(
-            prefilled_tokens=fed + len(rendered), prefill_seconds=time.perf_counter() - started
-        )
+        self._prefill(ref, content, rendered, archive=archive)
+        self._turn = turn
         return ref
 
     def stream_chat(self, text: str, **generation) -> Iterator[str]:
@@ -246,34 +233,22 @@ class StreamingLM:
 
     def stream_reply(self, **generation) -> Iterator[str]:
         """Stream an assistant reply to the messages added so far (opens the assistant turn itself)."""
-        started = time.perf_counter()
-        fed = self._flush_pending()
         prompt = self.format.control_ids(self.format.generation_prompt)
-        ref = self._open_reply()
-        self._feed(ref.message_id, RenderedMessage(prompt, [(0, 0)] * len(prompt)))
-        prefill = TurnStats(prefilled_tokens=fed + len(prompt), prefill_seconds=time.perf_counter() - started)
-        yield from self._generate(ref, generation, prefill, close_turn=True)
+        ref = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
+        self._prefill(ref, "", RenderedMessage(prompt, [(0, 0)] * len(prompt)), keep_open=True)
+        yield from self._generate(ref, generation, self.last_turn, close_turn=True)
 
     def stream_completion(self, prompt: str, **generation) -> Iterator[str]:
         """Plain continuation of ``prompt`` (no chat template), streamed."""
         self._check_message("user", prompt)
-        started = time.perf_counter()
-        fed = self._flush_pending()
         ref = MessageRef(self.session_id, uuid.uuid4().hex, "user", self._turn)
-        self.ledger.open_message(ref)
-        self.ledger.extend_text(ref.message_id, prompt)
-        self._messages += 1
         rendered = self.format.content(prompt)
-        if self._messages == 1:
+        if self._messages == 0:
             head = self.format.with_bos([])
             rendered = RenderedMessage(head + rendered.token_ids, [(0, 0)] * len(head) + rendered.offsets)
-        self._feed(ref.message_id, rendered)
-        self.ledger.close_message(ref.message_id)
-        prefill = TurnStats(prefilled_tokens=fed + len(rendered), prefill_seconds=time.perf_counter() - started)
-        reply = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
-        self.ledger.open_message(reply)
-        self._messages += 1
-        yield from self._generate(reply, generation, prefill, close_turn=False)
+        self._prefill(ref, prompt, rendered)
+        reply = self._open_reply()
+        yield from self._generate(reply, generation, self.last_turn, close_turn=False)
 
     def complete(self, prompt: str, **generation) -> str:
         return "".join(self.stream_completion(prompt, **generation))
@@ -297,6 +272,36 @@ class StreamingLM:
         ref = self._open_reply()
         yield from self._generate(ref, generation, prefill, close_turn=True)
 
+    def _prefill(
+        self, ref: MessageRef, content: str, rendered: RenderedMessage, archive: bool = True, keep_open: bool = False
+    ) -> None:
+        """Feed a new message, together with any pending closing tokens, as one prefill.
+
+        On failure (an eviction subscriber raising, an interrupted forward) the
+        message is withdrawn again: nothing of it stays in ledger or cache
+        unless an eviction already succeeded mid-message.
+        """
+        started = time.perf_counter()
+        self.ledger.open_message(ref, archive=archive)
+        self.ledger.extend_text(ref.message_id, content)
+        pending, self._pending = self._pending, None
+        parts = ([pending] if pending else []) + [(ref.message_id, rendered)]
+        try:
+            self._feed(parts)
+        except BaseException:
+            if not self.ledger.withdraw_message(ref.message_id):
+                logger.error("message %s was partly fed before an error; it stays in the cache", ref.message_id)
+            if pending and pending[0] in self.ledger:
+                self._pending = pending
+            raise
+        if pending:
+            self.ledger.close_message(pending[0])
+        if not keep_open:
+            self.ledger.close_message(ref.message_id)
+        self._messages += 1
+        fed = sum(len(r) for _, r in parts)
+        self.last_turn = TurnStats(prefilled_tokens=fed, prefill_seconds=time.perf_counter() - started)
+
     def _open_reply(self) -> MessageRef:
         ref = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
         self.ledger.open_message(ref)
@@ -304,14 +309,6 @@ class StreamingLM:
         return ref
 
     # -- internals: tokens ----------------------------------------------
-    def _flush_pending(self) -> int:
-        pending, self._pending = self._pending, None
-        if pending is None or not pending.token_ids:
-            return 0
-        self._feed(pending.message_id, RenderedMessage(pending.token_ids, pending.offsets))
-        self.ledger.close_message(pending.message_id)
-        return len(pending.token_ids)
-
     def _make_room(self, incoming: int) -> None:
         """Evict enough to fit ``incoming`` tokens; subscribers see the text first."""
         count = self.cache.room_needed(incoming, self.config.cache.evict_chunk)
@@ -348,18 +345,32 @@ class StreamingLM:
                 layer.values = layer.values[..., :length, :]
         self.ledger.truncate(length)
 
-    def _feed(self, message_id: str, rendered: RenderedMessage) -> None:
-        """Prefill a message's tokens in chunks, evicting between chunks as needed."""
+    def _feed(self, parts: list[tuple[str, RenderedMessage]]) -> None:
+        """Prefill tokens of one or more messages in chunks, evicting between chunks as needed.
+
+        If a chunk fails before any eviction happened in this call, everything
+        this call added is removed again, so cache and ledger stay in lockstep.
+        """
         settings = self.config.cache
         chunk = min(settings.prefill_chunk, settings.window_tokens)
-        ids, offsets = rendered.token_ids, rendered.offsets
-        for start in range(0, len(ids), chunk):
-            piece = ids[start : start + chunk]
-            self._make_room(len(piece))
-            for token_id, (a, b) in zip(piece, offsets[start : start + chunk]):
-                self.ledger.append(message_id, token_id, a, b)
-            self._last_logits = self._forward(piece)[-1]
-            self._prefilled_total += len(piece)
+        tokens = [
+            (message_id, token_id, span)
+            for message_id, rendered in parts
+            for token_id, span in zip(rendered.token_ids, rendered.offsets)
+        ]
+        start_length, start_evictions = self.cache.get_seq_length(), self.cache.evictions
+        try:
+            for start in range(0, len(tokens), chunk):
+                piece = tokens[start : start + chunk]
+                self._make_room(len(piece))
+                for message_id, token_id, (a, b) in piece:
+                    self.ledger.append(message_id, token_id, a, b)
+                self._last_logits = self._forward([token_id for _, token_id, _ in piece])[-1]
+                self._prefilled_total += len(piece)
+        except BaseException:
+            if self.cache.evictions == start_evictions:
+                self._truncate(start_length)
+            raise
 
     def feed_for_scoring(self, token_ids: list[int]) -> torch.Tensor:
         """Feed raw tokens and return logits for every position (perplexity benchmarks).
@@ -400,7 +411,7 @@ class StreamingLM:
         try:
             for _ in range(settings.max_new_tokens):
                 token = self._sample(logits, processors, settings, generator)
-                if token in self.eos_token_ids:
+                if token in self.eos_token_ids and not settings.ignore_eos:
                     stats.stop_reason = "eos"
                     break
                 piece = decoder.step(token)
@@ -434,7 +445,7 @@ class StreamingLM:
                 stats.stop_reason = "interrupted"
             if close_turn:
                 suffix = self.format.assistant_suffix()
-                self._pending = _Pending(ref.message_id, suffix, [(produced, produced)] * len(suffix))
+                self._pending = (ref.message_id, RenderedMessage(suffix, [(produced, produced)] * len(suffix)))
             else:
                 self.ledger.close_message(ref.message_id)
 

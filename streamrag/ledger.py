@@ -14,8 +14,8 @@ a message's text only from its earliest resident character onwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,21 @@ class Ledger:
             raise ValueError(f"message {ref.message_id} is already in the ledger")
         self._messages[ref.message_id] = _MessageText(ref=ref, archive=archive)
         self._next_index[ref.message_id] = 0
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._messages
+
+    def withdraw_message(self, message_id: str) -> bool:
+        """Forget a message that never made it into the cache; False if some of its tokens did."""
+        message = self._messages.get(message_id)
+        if message is None:
+            return True
+        if message.resident_tokens:
+            return False
+        del self._messages[message_id]
+        del self._next_index[message_id]
+        self._closed.discard(message_id)
+        return True
 
     def extend_text(self, message_id: str, text: str) -> None:
         """Append content to a message (a user message at once, a reply as it streams)."""

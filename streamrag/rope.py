@@ -90,13 +90,16 @@ class KeyRotation:
         return torch.cat((moved, keys[..., self.rotary_dim :]), dim=-1)
 
 
-def _rope_type(config) -> str:
+def _rope_parameters(config) -> dict:
+    """The flat RoPE parameter dict (the full-attention entry for per-layer-type configs)."""
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if isinstance(params, dict) and "rope_type" not in params and params:
-        # Per-layer-type parameters (hybrid models): take the full-attention entry if present.
         params = params.get("full_attention", next(iter(params.values())))
-    if not isinstance(params, dict):
-        return "default"
+    return params if isinstance(params, dict) else {}
+
+
+def _rope_type(config) -> str:
+    params = _rope_parameters(config)
     return str(params.get("rope_type", params.get("type", "default")))
 
 
@@ -143,7 +146,13 @@ def key_rotation_for(model: torch.nn.Module, capacity: int) -> KeyRotation | Non
         raise UnsupportedModelError(f"{family} model has no rotary embedding module to read frequencies from")
     rope_type = _rope_type(config)
     if rope_type in LENGTH_DEPENDENT_ROPE:
-        original = getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
+        # transformers' longrope switches frequencies at rope_parameters["original_max_position_embeddings"]
+        # (phi3 also copies it to a config attribute); dynamic grows past max_position_embeddings.
+        original = (
+            _rope_parameters(config).get("original_max_position_embeddings")
+            or getattr(config, "original_max_position_embeddings", None)
+            or config.max_position_embeddings
+        )
         if capacity > original:
             raise UnsupportedModelError(
                 f"{rope_type!r} RoPE changes its frequencies beyond {original} tokens; "

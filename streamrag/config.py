@@ -145,6 +145,63 @@ class GenerationSettings(_Section):
         return value
 
 
+class ArchiveSettings(_Section):
+    """Where evicted text goes and how it is found again."""
+
+    chroma_url: str | None = Field(
+        default=None,
+        description="URL of a Chroma server (`chroma run`), e.g. http://127.0.0.1:8000. None: embedded, under data_dir.",
+    )
+    tenant: str = "default_tenant"
+    database: str = "default_database"
+    collection: str = Field(default="streamrag_memories", min_length=3, max_length=63)
+    embedding_model: str | None = Field(
+        default=None, description="sentence-transformers model: folder or hub id. None: embedded all-MiniLM-L6-v2."
+    )
+    embedding_device: str = Field(default="cpu", description="Device for the embedder ('cpu', 'cuda').")
+    embedding_batch_size: int = Field(default=64, gt=0)
+    chunk_chars: int = Field(
+        default=800, ge=50, description="Evicted text is archived in chunks of about this many characters (~200 tokens)."
+    )
+    chunk_overlap_chars: int = Field(default=160, ge=0, description="Characters shared by consecutive chunks.")
+    reranker: str | None = Field(
+        default=None, description="Optional sentence-transformers CrossEncoder (folder or hub id) to rerank hits."
+    )
+
+    @field_validator("chunk_overlap_chars")
+    @classmethod
+    def _overlap_smaller_than_chunk(cls, value: int, info: ValidationInfo) -> int:
+        size = info.data.get("chunk_chars")
+        if size is not None and value >= size:
+            raise ValueError(f"chunk_overlap_chars ({value}) must be smaller than chunk_chars ({size})")
+        return value
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"chroma_url must start with http:// or https://, got {value!r}")
+        return value
+
+
+class RecallSettings(_Section):
+    """Which archived memories come back into the context, and how many."""
+
+    enabled: bool = True
+    top_k: int = Field(default=4, ge=0, description="Most memories injected per turn.")
+    budget_fraction: float = Field(
+        default=0.15, gt=0.0, le=0.9, description="Share of window_tokens the memory block may use."
+    )
+    min_similarity: float = Field(
+        default=0.35, ge=-1.0, le=1.0, description="Dense hits below this cosine similarity are dropped."
+    )
+    min_lexical_score: float = Field(
+        default=1.0, ge=0.0, description="BM25 hits below this score are dropped (stop words are ignored)."
+    )
+    use_last_reply: bool = Field(default=True, description="Query with the previous reply as well as the new message.")
+    header: str = Field(default="Earlier in this conversation:", min_length=1)
+
+
 class StreamRAGConfig(_Section):
     """All settings of one streamrag assistant."""
 
@@ -158,6 +215,8 @@ class StreamRAGConfig(_Section):
     model: ModelSettings = Field(default_factory=ModelSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    recall: RecallSettings = Field(default_factory=RecallSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -165,6 +165,7 @@ class StreamingLM:
         self._prefilled_total = 0
         self._generated_total = 0
         self._last_logits: torch.Tensor | None = None
+        self.last_reply: MessageRef | None = None
 
     def on_evict(self, subscriber: EvictionSubscriber) -> Callable[[], None]:
         """Call ``subscriber(spans)`` with the text of every eviction, before the KV slots are dropped.
@@ -206,24 +207,30 @@ class StreamingLM:
         message_id: str | None = None,
         archive: bool = True,
         generation_prompt: bool = False,
+        turn: int | None = None,
     ) -> MessageRef:
         """Append one message to the conversation and prefill its tokens now.
 
         ``archive=False`` marks text that must never be archived when evicted
         (recalled memories). ``generation_prompt=True`` also feeds the tokens
-        that open the assistant's reply.
+        that open the assistant's reply. ``turn`` overrides the turn number
+        (replaying a stored conversation); by default each user message starts a new turn.
         """
         self._check_message(role, content)
-        turn = self._turn + 1 if role == "user" else self._turn
+        if turn is None:
+            turn = self._turn + 1 if role == "user" else self._turn
         ref = MessageRef(self.session_id, message_id or uuid.uuid4().hex, role, turn)
         rendered = self.format.message(role, content, first=self._messages == 0, generation_prompt=generation_prompt)
         self._prefill(ref, content, rendered, archive=archive)
         self._turn = turn
         return ref
 
-    def stream_chat(self, text: str, **generation) -> Iterator[str]:
-        """Add a user message and stream the assistant's reply, piece by piece."""
-        self.add_message("user", text, generation_prompt=True)
+    def stream_chat(self, text: str, *, message_id: str | None = None, **generation) -> Iterator[str]:
+        """Add a user message and stream the assistant's reply, piece by piece.
+
+        The reply's message id is ``last_reply.message_id`` once streaming starts.
+        """
+        self.add_message("user", text, message_id=message_id, generation_prompt=True)
         prefill = self.last_turn
         yield from self._reply(generation, prefill)
 
@@ -236,6 +243,7 @@ class StreamingLM:
         prompt = self.format.control_ids(self.format.generation_prompt)
         ref = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
         self._prefill(ref, "", RenderedMessage(prompt, [(0, 0)] * len(prompt)), keep_open=True)
+        self.last_reply = ref
         yield from self._generate(ref, generation, self.last_turn, close_turn=True)
 
     def stream_completion(self, prompt: str, **generation) -> Iterator[str]:
@@ -302,10 +310,11 @@ class StreamingLM:
         fed = sum(len(r) for _, r in parts)
         self.last_turn = TurnStats(prefilled_tokens=fed, prefill_seconds=time.perf_counter() - started)
 
-    def _open_reply(self) -> MessageRef:
-        ref = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
+    def _open_reply(self, message_id: str | None = None) -> MessageRef:
+        ref = MessageRef(self.session_id, message_id or uuid.uuid4().hex, "assistant", self._turn)
         self.ledger.open_message(ref)
         self._messages += 1
+        self.last_reply = ref
         return ref
 
     # -- internals: tokens ----------------------------------------------

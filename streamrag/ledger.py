@@ -152,6 +152,15 @@ class Ledger:
             self._next_index[slot.message_id] -= 1
         del self.slots[length:]
 
+    def resident_ranges(self) -> dict[str, tuple[int, int]]:
+        """Per message, the character range of its content still in the cache."""
+        ranges: dict[str, tuple[int, int]] = {}
+        for slot in self.slots:
+            if slot.char_end > slot.char_start:
+                low, high = ranges.get(slot.message_id, (slot.char_start, slot.char_end))
+                ranges[slot.message_id] = (min(low, slot.char_start), max(high, slot.char_end))
+        return ranges
+
     def token_ids(self, start: int = 0, end: int | None = None) -> list[int]:
         return [slot.token_id for slot in self.slots[start:end]]
 

@@ -55,3 +55,63 @@ def make_lm(embedded, data_dir):
         return StreamingLM(model, tokenizer, config)
 
     return build
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real Chroma server (`chroma run`, shipped with chromadb) on 127.0.0.1; its URL."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
+    port = _free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    log = open(path / "server.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [chroma, "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"chroma server did not start: {(path / 'server.log').read_text()}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(params=["embedded", "server"])
+def archive_settings(request, tmp_path):
+    """Archive settings for an embedded Chroma under tmp_path, and for a real Chroma server."""
+    from streamrag.config import ArchiveSettings
+
+    if request.param == "server":
+        url = request.getfixturevalue("chroma_server")
+        # One collection per test keeps server-side state from leaking between tests.
+        return ArchiveSettings(chroma_url=url, collection=f"t{abs(hash(request.node.nodeid)) % 10**9}")
+    return ArchiveSettings()

@@ -1,0 +1,127 @@
+"""The archive: durable writes of evicted text, hybrid search, session isolation, forgetting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrag.archive import Archive, ArchiveUnavailable
+from streamrag.embedding import load_sentence_transformer
+from streamrag.ledger import EvictedSpan, MessageRef
+
+FILLER = [
+    "We talked about the weather and how grey the sky has been all week.",
+    "The train was late again this morning, so I missed the first meeting.",
+    "I have been reading a novel about sailors crossing the Atlantic.",
+    "Lunch was a sandwich with cheese, tomato and a little mustard.",
+    "The garden needs watering; the roses look tired in the heat.",
+    "My brother plays the cello in an amateur orchestra on Sundays.",
+    "We might paint the kitchen a pale green colour next spring.",
+    "The football match ended in a draw after a very slow second half.",
+]
+
+
+def span(session: str, message: str, text: str, turn: int = 1, role: str = "user", archive: bool = True):
+    return EvictedSpan(MessageRef(session, message, role, turn), 0, 10, 0, len(text), text, (), archive)
+
+
+@pytest.fixture
+def archive(archive_settings, tmp_path):
+    return Archive(archive_settings, tmp_path)
+
+
+def fill(archive: Archive, session: str, facts: dict[str, str]) -> None:
+    spans = [span(session, f"filler{i}", text, turn=i) for i, text in enumerate(FILLER)]
+    spans += [span(session, mid, text, turn=20) for mid, text in facts.items()]
+    assert archive.write(spans) == len(spans)
+
+
+def test_dense_similarity_matches_brute_force_cosine(archive):
+    fill(archive, "s1", {})
+    query = "Which instrument does my brother play?"
+    hits = archive.search("s1", query, k=len(FILLER))
+    encoder = load_sentence_transformer("embedded")
+    vectors = encoder.encode([query, *FILLER], normalize_embeddings=True)
+    brute = {text: float(np.dot(vectors[0], v)) for text, v in zip(FILLER, vectors[1:])}
+    dense = [h for h in hits if h.similarity is not None]
+    assert dense and dense[0].text == max(brute, key=brute.get)
+    for hit in dense:
+        assert hit.similarity == pytest.approx(brute[hit.text], abs=1e-4)
+
+
+def test_exact_codes_are_found_by_bm25_even_when_the_embedding_misses_them(archive):
+    fill(archive, "s1", {"fact": "For the record, the shipment reference is QX-77815."})
+    hits = archive.search("s1", "QX-77815", k=3)
+    assert hits and hits[0].message_id == "fact"
+    assert hits[0].lexical_score is not None and hits[0].lexical_score > 0
+
+
+def test_sessions_never_see_each_other(archive):
+    fill(archive, "alice", {"a": "Alice's secret password is marmalade-42."})
+    fill(archive, "bob", {"b": "Bob prefers window seats on long flights."})
+    for hit in archive.search("bob", "secret password marmalade-42", k=20):
+        assert hit.session_id == "bob"
+    assert all(h.session_id == "alice" for h in archive.search("alice", "window seats flights", k=20))
+    assert archive.count("alice") == archive.count("bob") == len(FILLER) + 1
+
+
+def test_recalled_memories_are_not_archived_again(archive):
+    written = archive.write([span("s1", "memblock", "Earlier: the code is 1234.", archive=False)])
+    assert written == 0 and archive.count("s1") == 0
+
+
+def test_writing_the_same_span_twice_is_harmless(archive, tmp_path):
+    spans = [span("s1", "m", "The meeting moved to Thursday at 3pm.")]
+    archive.write(spans)
+    # A new process (fresh chunker state) archiving the same eviction again, as after a crash.
+    fresh = Archive(archive.settings, tmp_path, client=archive.client)
+    assert fresh.write(spans) == 1
+    assert archive.count("s1") == 1
+
+
+def test_forget_one_memory_or_a_whole_session(archive):
+    fill(archive, "s1", {"fact": "The dog is called Biscuit."})
+    fill(archive, "s2", {"other": "The cat is called Pepper."})
+    target = archive.search("s1", "Biscuit", k=1)[0]
+    assert archive.forget("s1", target.chunk_id) == 1
+    assert all(h.chunk_id != target.chunk_id for h in archive.search("s1", "Biscuit dog", k=20))
+    assert archive.forget("s1", archive.search("s2", "Pepper", k=1)[0].chunk_id) == 0  # not s1's to forget
+    assert archive.forget("s1") == len(FILLER)
+    assert archive.count("s1") == 0 and archive.count("s2") == len(FILLER) + 1
+    assert archive.search("s1", "weather", k=5) == []
+
+
+def test_a_failed_write_raises_and_a_retry_writes_the_same_chunks(archive, monkeypatch):
+    spans = [span("s1", "m", "The boat leaves from pier 9 at dawn.")]
+    original = archive.collection.upsert
+
+    def down(*args, **kwargs):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(archive.collection, "upsert", down)
+    with pytest.raises(ArchiveUnavailable, match="connection refused"):
+        archive.write(spans)
+    assert archive.count("s1") == 0
+    monkeypatch.setattr(archive.collection, "upsert", original)
+    assert archive.write(spans) == 1
+    assert archive.search("s1", "pier 9", k=1)[0].text == spans[0].text
+
+
+def test_an_unreachable_server_is_a_clear_error(tmp_path):
+    from streamrag.config import ArchiveSettings
+
+    with pytest.raises(ArchiveUnavailable, match="127.0.0.1:9"):
+        Archive(ArchiveSettings(chroma_url="http://127.0.0.1:9"), tmp_path)
+
+
+def test_a_collection_reopens_with_its_own_embedder(tmp_path):
+    from streamrag.config import ArchiveSettings
+
+    first = Archive(ArchiveSettings(), tmp_path)
+    fill(first, "s1", {"fact": "Grandma's birthday is on the 14th of March."})
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    collection = client.get_collection("streamrag_memories")  # no embedding function passed
+    result = collection.query(query_texts=["When is grandma's birthday?"], n_results=1)
+    assert "14th of March" in result["documents"][0][0]

@@ -65,6 +65,4 @@ class LexicalIndex:
                 return []  # only stop words or unknown characters
             k = min(k, len(self._ids))
             docs, scores = self._retriever.retrieve(query_tokens, k=k, show_progress=False)
-            return [
-                (self._ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0]) if float(s) > 0.0
-            ]
+            return [(self._ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0]) if float(s) > 0.0]

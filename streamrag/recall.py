@@ -2,13 +2,15 @@
 
 The policy, in order:
 
-1. query the session's archive with the new message (and the previous reply,
-   which often holds the referent of "that" or "it");
+1. query the session's archive with the new message; then with the message
+   plus the previous reply (which often holds the referent of "that" or
+   "it"), whose hits only fill what is left;
 2. keep hits the dense retriever finds similar enough *or* BM25 matches on
    content words (a code or a name the embedder cannot see);
 3. drop hits whose text is still inside the cache window: the model can
    already attend to it, and repeating it wastes budget;
-4. fit the rest, best first, into a token budget (a share of the window);
+4. fit the rest, best first and without repeating a text, into a token
+   budget (a share of the window);
 5. render them as one clearly delimited system message, oldest first, with
    turn numbers, injected right before the user message and marked
    not-to-archive so it is never archived a second time.
@@ -59,29 +61,33 @@ class RecallPolicy:
         resident: dict[str, tuple[int, int]] | None = None,
     ) -> RecallResult:
         settings = self.settings
-        query = message if not (settings.use_last_reply and last_reply) else f"{message}\n{last_reply}"
+        query = message
         if not settings.enabled or settings.top_k == 0:
             return RecallResult(query, [], "", 0, 0)
-        hits = self.archive.search(session_id, query, k=settings.top_k * 4)
+        hits = self.archive.search(session_id, message, k=settings.top_k * 4)
         if settings.use_last_reply and last_reply:
-            # The new message alone decides relevance for exact words; the reply only widens the dense query.
-            exact = self.archive.search(session_id, message, k=settings.top_k * 2)
+            # The new message leads; the previous reply (often the referent of "it" or "that")
+            # only adds candidates after the message's own hits.
+            query = f"{message}\n{last_reply}"
             seen = {h.chunk_id for h in hits}
-            hits += [h for h in exact if h.chunk_id not in seen]
+            hits += [h for h in self.archive.search(session_id, query, k=settings.top_k * 2) if h.chunk_id not in seen]
         resident = resident or {}
         kept: list[Memory] = []
+        texts: set[str] = set()
         used = 0
         header_tokens = self.count_tokens(settings.header)
         for hit in hits:
             relevant = (hit.similarity is not None and hit.similarity >= settings.min_similarity) or (
                 hit.lexical_score is not None and hit.lexical_score >= settings.min_lexical_score
             )
-            if not relevant or _overlaps_window(hit, resident):
+            text = " ".join(hit.text.split())
+            if not relevant or text in texts or _overlaps_window(hit, resident):
                 continue
             cost = self.count_tokens(self._line(hit)) + 1
             if header_tokens + used + cost > self.budget_tokens:
                 continue
             kept.append(hit)
+            texts.add(text)
             used += cost
             if len(kept) == settings.top_k:
                 break

@@ -1,0 +1,251 @@
+"""One conversation: the engine, the archive, recall and the transcript, tied together.
+
+A user message travels one road (see STYLE.md):
+
+    transcript (durable append) -> recall (archive search, budget, skip what
+    is still in the window) -> engine (prefill only the new tokens; evictions
+    are archived before their KV slots drop) -> transcript (the reply)
+
+:class:`Resources` holds what several conversations share (the model, the
+archive, the transcript database); :class:`Assistant` is one conversation
+with its own KV cache. :meth:`Assistant.resume` rebuilds a conversation after
+a restart from the transcript's most recent messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamrag.archive import Archive, Memory
+from streamrag.config import StreamRAGConfig
+from streamrag.engine import CacheStats, StreamingLM
+from streamrag.recall import RecallPolicy, RecallResult
+from streamrag.transcript import Transcript
+
+logger = logging.getLogger(__name__)
+
+MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcript (never re-fed)
+
+
+@dataclass
+class Resources:
+    """What all conversations of one process share: model, tokenizer, archive, transcript.
+
+    ``lock`` serialises generation on the shared model: one forward pass at a
+    time, whichever conversation it belongs to.
+    """
+
+    config: StreamRAGConfig
+    model: object
+    tokenizer: object
+    archive: Archive
+    transcript: Transcript
+    lock: threading.Lock
+
+    @classmethod
+    def load(cls, config: StreamRAGConfig | None = None) -> Resources:
+        from streamrag.models import load_model
+
+        config = config or StreamRAGConfig()
+        data_dir = Path(config.data_dir)
+        model, tokenizer, _ = load_model(config.model, data_dir)
+        archive = Archive(config.archive, data_dir)
+        transcript = Transcript(data_dir / "transcripts.sqlite3")
+        return cls(config, model, tokenizer, archive, transcript, threading.Lock())
+
+
+@dataclass(frozen=True)
+class AssistantStats:
+    """Cache state plus what the archive and transcript hold for this session."""
+
+    cache: CacheStats
+    archived_chunks: int
+    transcript_messages: int
+    recalled_last_turn: int
+
+
+class Assistant:
+    """A conversation that remembers what left its window.
+
+    >>> assistant = Assistant.open()                 # embedded models, default config
+    >>> assistant.chat("My locker code is 4417.")
+    >>> ...                                          # hours of conversation later
+    >>> assistant.chat("What was my locker code?")   # the code comes back from the archive
+    >>> assistant.last_recall.memories               # and you can see why
+    """
+
+    def __init__(self, resources: Resources, session_id: str | None = None, title: str | None = None):
+        self.resources = resources
+        self.config = resources.config
+        self.archive = resources.archive
+        self.transcript = resources.transcript
+        self.session_id = session_id or uuid.uuid4().hex
+        self.transcript.create_session(self.session_id, title=title)
+        self.lm = StreamingLM(resources.model, resources.tokenizer, self.config, session_id=self.session_id)
+        self.lm.on_evict(self.archive.write)
+        self.recall_policy = RecallPolicy(
+            self.config.recall, self.archive, self._count_tokens, self.config.cache.window_tokens
+        )
+        self.last_recall: RecallResult | None = None
+        self._last_reply_text: str | None = None
+        self._started = False
+
+    # -- construction ---------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        config: StreamRAGConfig | None = None,
+        session_id: str | None = None,
+        resources: Resources | None = None,
+    ) -> Assistant:
+        """A new conversation (or an empty one under a given id)."""
+        return cls(resources or Resources.load(config), session_id)
+
+    @classmethod
+    def resume(
+        cls, session_id: str, config: StreamRAGConfig | None = None, resources: Resources | None = None
+    ) -> Assistant:
+        """Continue a stored conversation: rebuild the cache from its latest messages."""
+        resources = resources or Resources.load(config)
+        if resources.transcript.get_session(session_id) is None:
+            raise KeyError(f"no session {session_id!r} in {resources.config.data_dir}")
+        assistant = cls(resources, session_id)
+        assistant._rebuild()
+        return assistant
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.lm.format.content(text))
+
+    def _rebuild(self) -> None:
+        """Feed the opening system message and the newest messages that fit in ~3/4 of the window.
+
+        Re-fed text that gets evicted again is archived under the same
+        deterministic chunk ids, so the archive does not grow duplicates.
+        """
+        messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
+        if not messages:
+            return
+        opening = messages[0] if messages[0].role == "system" else None
+        rest = messages[1:] if opening else messages
+        budget = int(0.75 * self.config.cache.window_tokens)
+        tail = []
+        for message in reversed(rest):
+            cost = self._count_tokens(message.content) + 8
+            if tail and cost > budget:
+                break
+            tail.append(message)
+            budget -= cost
+        tail.reverse()
+        with self.resources.lock:
+            self.lm.reset()
+            if opening:
+                self.lm.add_message("system", opening.content, message_id=opening.message_id, turn=opening.turn)
+            for message in tail:
+                self.lm.add_message(message.role, message.content, message_id=message.message_id, turn=message.turn)
+            self.lm._turn = max((m.turn for m in messages), default=0)
+        replies = [m for m in messages if m.role == "assistant"]
+        self._last_reply_text = replies[-1].content if replies else None
+        self._started = True
+        logger.info("resumed session %s: %d of %d messages re-fed", self.session_id, len(tail), len(messages))
+
+    def _start(self) -> None:
+        """The configured system prompt opens a new conversation (and becomes its attention sinks)."""
+        if self._started:
+            return
+        self._started = True
+        prompt = self.config.system_prompt
+        if prompt and self.transcript.count(self.session_id) == 0:
+            self.add_message("system", prompt)
+
+    # -- conversation ---------------------------------------------------
+    def add_message(self, role: str, text: str) -> str:
+        """Append a message without generating (ingesting an existing history). Returns its id."""
+        self.lm._check_message(role, text)
+        self._start()
+        turn = self.lm.turn + 1 if role == "user" else self.lm.turn
+        stored = self.transcript.append(self.session_id, role, text, turn)
+        try:
+            with self.resources.lock:
+                self.lm.add_message(role, text, message_id=stored.message_id, turn=turn)
+        except BaseException:
+            self.transcript.delete_message(stored.message_id)
+            raise
+        if role == "assistant":
+            self._last_reply_text = text
+        return stored.message_id
+
+    def stream(self, text: str, **generation) -> Iterator[str]:
+        """Answer a user message, streaming the reply; memories are recalled first."""
+        self.lm._check_message("user", text)
+        self._start()
+        turn = self.lm.turn + 1
+        stored = self.transcript.append(self.session_id, "user", text, turn)
+        pieces: list[str] = []
+        reply_id: str | None = None
+        with self.resources.lock:
+            try:
+                result = self.recall_policy.recall(
+                    self.session_id, text, self._last_reply_text, self.lm.ledger.resident_ranges()
+                )
+                self.last_recall = result
+                if result.block:
+                    self.lm.add_message("system", result.block, archive=False, turn=turn)
+                    self.transcript.append(self.session_id, MEMORY_ROLE, result.block, turn)
+                stream = self.lm.stream_chat(text, message_id=stored.message_id, **generation)
+                first = next(stream, None)
+            except BaseException:
+                # The message never reached the model: take it back so a retry does not duplicate it.
+                if stored.message_id not in self.lm.ledger and self.lm.turn < turn:
+                    self.transcript.delete_message(stored.message_id)
+                raise
+            reply_id = self.lm.last_reply.message_id if self.lm.last_reply else None
+            try:
+                if first is not None:
+                    pieces.append(first)
+                    yield first
+                for piece in stream:
+                    pieces.append(piece)
+                    yield piece
+            finally:
+                stream.close()
+                reply = "".join(pieces)
+                if reply_id is not None and reply.strip():
+                    meta = {"stop_reason": self.lm.last_turn.stop_reason}
+                    self.transcript.append(self.session_id, "assistant", reply, turn, message_id=reply_id, meta=meta)
+                    self._last_reply_text = reply
+
+    def chat(self, text: str, **generation) -> str:
+        return "".join(self.stream(text, **generation))
+
+    # -- inspection and forgetting --------------------------------------
+    @property
+    def recalled(self) -> list[Memory]:
+        return self.last_recall.memories if self.last_recall else []
+
+    def stats(self) -> AssistantStats:
+        return AssistantStats(
+            cache=self.lm.stats(),
+            archived_chunks=self.archive.count(self.session_id),
+            transcript_messages=self.transcript.count(self.session_id),
+            recalled_last_turn=len(self.recalled),
+        )
+
+    def search(self, query: str, k: int = 5) -> list[Memory]:
+        return self.archive.search(self.session_id, query, k=k)
+
+    def forget(self, chunk_id: str | None = None) -> int:
+        """Delete one memory (by chunk id) or every memory of this session; returns how many."""
+        return self.archive.forget(self.session_id, chunk_id)
+
+    def forget_session(self) -> None:
+        """Delete this session everywhere: archive, transcript and cache."""
+        self.archive.forget(self.session_id)
+        self.transcript.delete_session(self.session_id)
+        self.lm.reset()
+        self._last_reply_text = None
+        self.last_recall = None

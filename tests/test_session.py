@@ -1,0 +1,253 @@
+"""The Assistant end to end: evicted facts come back, sessions stay apart, crashes lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streamrag.archive import Archive, ArchiveUnavailable
+from streamrag.config import StreamRAGConfig
+from streamrag.session import MEMORY_ROLE, Assistant, Resources
+from streamrag.transcript import Transcript
+
+FILLER_USER = [
+    "Let's talk about gardening. What should I plant in a shady corner?",
+    "The weather has been grey all week and the train was late again.",
+    "I am reading a novel about sailors crossing the Atlantic in winter.",
+    "We might paint the kitchen a pale colour next spring, not sure which.",
+    "My neighbour's dog barks every morning at exactly seven o'clock.",
+]
+FILLER_ASSISTANT = [
+    "Ferns and hostas do well in shade; they like moist soil and little sun.",
+    "Grey weeks are tiring. A short walk at lunch can help a lot with the mood.",
+    "That sounds like a gripping read; sea stories often have great atmosphere.",
+    "Pale colours make small kitchens feel bigger, especially with good light.",
+    "Some dogs are very punctual. Maybe he is greeting someone who leaves then.",
+]
+
+
+def small_config(data_dir: Path, **recall) -> StreamRAGConfig:
+    return StreamRAGConfig(
+        data_dir=data_dir,
+        cache={"sink_tokens": 4, "window_tokens": 252, "evict_chunk": 32},
+        generation={"temperature": 0, "max_new_tokens": 16},
+        archive={"chunk_chars": 400, "chunk_overlap_chars": 80},
+        recall={"top_k": 3, "budget_fraction": 0.3, **recall},
+    )
+
+
+@pytest.fixture
+def resources(embedded, tmp_path):
+    """Shared model plus a fresh archive and transcript under tmp_path."""
+    model, tokenizer = embedded
+    config = small_config(tmp_path)
+    archive = Archive(config.archive, tmp_path)
+    transcript = Transcript(tmp_path / "transcripts.sqlite3")
+    yield Resources(config, model, tokenizer, archive, transcript, threading.Lock())
+    transcript.close()
+
+
+def with_config(resources: Resources, config: StreamRAGConfig) -> Resources:
+    return Resources(
+        config, resources.model, resources.tokenizer, resources.archive, resources.transcript, resources.lock
+    )
+
+
+def run_on(assistant: Assistant, windows: float) -> None:
+    """Ingest filler exchanges until `windows` windows' worth of tokens went through the cache."""
+    target = windows * assistant.lm.cache.capacity
+    i = 0
+    while assistant.lm.stats().prefilled_tokens < target:
+        assistant.add_message("user", FILLER_USER[i % len(FILLER_USER)] + f" (note {i})")
+        assistant.add_message("assistant", FILLER_ASSISTANT[i % len(FILLER_ASSISTANT)])
+        i += 1
+
+
+def test_an_early_fact_is_evicted_archived_and_recalled_when_asked(resources):
+    assistant = Assistant(resources)
+    fact = "By the way, my sister Margarethe moved to Trondheim last year."
+    assistant.add_message("user", fact)
+    assistant.add_message("assistant", "How exciting for her! Norway is beautiful.")
+    run_on(assistant, windows=5)
+    stats = assistant.stats()
+    assert stats.cache.evicted_tokens > 4 * stats.cache.capacity
+    assert any("Trondheim" in m.text for m in resources.archive.list(assistant.session_id))
+    assert "Trondheim" not in resources.tokenizer.decode(assistant.lm.ledger.token_ids())
+
+    reply = assistant.chat("Where did my sister move to?")
+    block = assistant.last_recall.block
+    assert block.startswith("Earlier in this conversation:")
+    assert "Margarethe moved to Trondheim" in block
+    assert any("Trondheim" in m.text and m.turn == 1 and m.role == "user" for m in assistant.recalled)
+    assert isinstance(reply, str)
+    # The user message is durable before recall runs; the injected block is recorded as a memory.
+    roles = [m.role for m in resources.transcript.messages(assistant.session_id)[-3:]]
+    assert roles == ["user", MEMORY_ROLE, "assistant"]
+    # In the cache, the block comes right before the user message.
+    user_slot = next(
+        i for i, s in enumerate(assistant.lm.ledger.slots) if s.message_id == assistant.lm.last_reply.message_id
+    )
+    cached = resources.tokenizer.decode(assistant.lm.ledger.token_ids()[:user_slot])
+    assert cached.rindex("Margarethe moved to Trondheim") < cached.rindex("Where did my sister move to?")
+
+
+def test_a_numeric_code_comes_back_through_bm25_alone(resources):
+    # Dense hits must be near-identical to count: only the lexical retriever can bring the code back.
+    config = small_config(Path(resources.config.data_dir), min_similarity=0.99)
+    assistant = Assistant(with_config(resources, config))
+    assistant.add_message("user", "Please note the parcel tracking code 4471-9082-XK for later.")
+    assistant.add_message("assistant", "Noted.")
+    run_on(assistant, windows=5)
+    assistant.chat("Status of 4471-9082-XK?")
+    hits = [m for m in assistant.recalled if "4471-9082-XK" in m.text]
+    assert hits, assistant.last_recall
+    assert hits[0].lexical_score >= config.recall.min_lexical_score
+    assert hits[0].similarity is None or hits[0].similarity < 0.99
+
+
+def test_recalled_memories_are_never_archived_twice(resources):
+    assistant = Assistant(resources)
+    assistant.add_message("user", "My locker code at the gym is 5521.")
+    assistant.add_message("assistant", "Got it.")
+    for round_ in range(3):
+        run_on(assistant, windows=2 * (round_ + 1))
+        assistant.chat("What is my gym locker code?")
+        assert "5521" in assistant.last_recall.block
+    memories = resources.archive.list(assistant.session_id)
+    # The injected blocks were evicted too (three of them) but none was archived...
+    memory_ids = {m.message_id for m in resources.transcript.messages(assistant.session_id) if m.role == MEMORY_ROLE}
+    assert len(memory_ids) == 3
+    assert not any(m.message_id in memory_ids or "Earlier in this conversation" in m.text for m in memories)
+    # ...so the fact itself is archived once, from the message that said it.
+    assert sum("locker code at the gym is 5521" in m.text for m in memories) == 1
+
+
+def test_two_sessions_never_see_each_others_memories(resources):
+    alice, bob = Assistant(resources), Assistant(resources)
+    alice.add_message("user", "My secret project is codenamed Bluefinch.")
+    bob.add_message("user", "I collect antique maps of Portugal.")
+    run_on(alice, windows=3)
+    run_on(bob, windows=3)
+    bob.chat("What is my secret project codenamed? Bluefinch?")
+    assert all(m.session_id == bob.session_id for m in bob.recalled)
+    assert "Bluefinch" not in bob.last_recall.block
+    assert all(m.session_id == bob.session_id for m in bob.search("Bluefinch secret project", k=20))
+
+
+def test_forget_removes_one_memory_or_the_whole_session(resources):
+    assistant = Assistant(resources)
+    assistant.add_message("user", "My bank PIN hint is 'the blue door'.")
+    run_on(assistant, windows=3)
+    hit = next(m for m in assistant.search("bank PIN hint blue door", k=10) if "blue door" in m.text)
+    assert assistant.forget(hit.chunk_id) == 1
+    assert all("blue door" not in m.text for m in assistant.search("bank PIN hint blue door", k=20))
+    assert assistant.stats().archived_chunks > 0
+    assistant.forget_session()
+    assert resources.archive.count(assistant.session_id) == 0
+    assert resources.transcript.get_session(assistant.session_id) is None
+
+
+def test_an_unreachable_archive_fails_the_turn_and_changes_nothing(resources, monkeypatch):
+    assistant = Assistant(resources)
+    assistant.add_message("user", "The first message is long enough to fill a good part of the window. " * 10)
+    before_cache = assistant.lm.stats()
+    before_messages = resources.transcript.count(assistant.session_id)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(resources.archive.collection, "upsert", down)
+    with pytest.raises(ArchiveUnavailable):
+        assistant.add_message("user", "This message needs room, so something must be evicted. " * 10)
+    assert assistant.lm.stats() == before_cache
+    assert resources.transcript.count(assistant.session_id) == before_messages
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from streamrag.config import StreamRAGConfig
+    from streamrag.session import Assistant
+    config = StreamRAGConfig.model_validate_json(sys.argv[1])
+    assistant = Assistant.open(config, session_id="crashy")
+    i = 0
+    while True:
+        role = "user" if i % 2 == 0 else "assistant"
+        text = f"message {i}: " + ("the quick brown fox jumps over the lazy dog number %d. " % i) * 3
+        mid = assistant.add_message(role, text)
+        print(json.dumps({"id": mid, "text": text}), flush=True)
+        i += 1
+    """
+)
+
+
+def test_killed_mid_conversation_then_resumed_keeps_every_message_exactly_once(embedded, data_dir, tmp_path):
+    config = small_config(tmp_path)
+    # Share the converted embedded model with the child: no second 20 s conversion.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    models_link = tmp_path / "models"
+    models_link.symlink_to(Path(data_dir) / "models", target_is_directory=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, config.model_dump_json()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    done = []
+    deadline = time.monotonic() + 240
+    while len(done) < 24 and time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        done.append(json.loads(line))
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert len(done) >= 24, "the child did not get far enough before the deadline"
+
+    model, tokenizer = embedded
+    resources = Resources(
+        config,
+        model,
+        tokenizer,
+        Archive(config.archive, tmp_path),
+        Transcript(tmp_path / "transcripts.sqlite3"),
+        threading.Lock(),
+    )
+    stored = resources.transcript.messages("crashy")
+    ids = [m.message_id for m in stored]
+    assert len(ids) == len(set(ids))
+    # Every message the child finished is there once; at most the one in flight is extra.
+    assert [d["id"] for d in done] == ids[: len(done)] and len(ids) - len(done) <= 1
+    by_id = {m.message_id: m.content for m in stored}
+
+    assistant = Assistant.resume("crashy", resources=resources)
+    assert assistant.lm.stats().cache_tokens > 0
+    for i in range(10):
+        assistant.add_message("user" if i % 2 == 0 else "assistant", f"after the restart, message {i}. " * 6)
+
+    step = config.archive.chunk_chars - config.archive.chunk_overlap_chars
+    memories = resources.archive.list("crashy")
+    assert memories
+    for memory in memories:
+        # Verbatim text at its recorded offsets, on the chunk grid: nothing duplicated under another id.
+        assert (
+            by_id.get(memory.message_id, None) is None
+            or memory.text == by_id[memory.message_id][memory.char_start : memory.char_end]
+        )
+        assert memory.chunk_id.endswith(f":{(memory.char_start // step) * step}")
+    keys = [(m.message_id, m.char_start // step) for m in memories]
+    assert len(keys) == len(set(keys))
+    # The messages evicted before the crash are all in the archive.
+    archived = {m.message_id for m in memories}
+    assert {d["id"] for d in done[:10]} <= archived
+    resources.transcript.close()

@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from streamrag.archive_cli import archive_app
 from streamrag.config import ConfigError, StreamRAGConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Long-running assistants on a local model.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON + PNG under an output folder.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(archive_app, name="archive")
 
 console = Console(stderr=True)
 DEFAULT_CONFIG = Path("configs/default.yaml")
@@ -28,7 +30,7 @@ ConfigOption = typer.Option(None, "--config", "-c", help="YAML config (default: 
 ModelOption = typer.Option(None, "--model", "-m", help="Hub id, folder or .gguf file (default: embedded SmolLM2).")
 
 
-def load_config(config: Optional[Path], **overrides) -> StreamRAGConfig:
+def load_config(config: Path | None, **overrides) -> StreamRAGConfig:
     """Config file (or the default one) plus command-line overrides, with errors as clean exits."""
     if config is None and DEFAULT_CONFIG.is_file():
         config = DEFAULT_CONFIG
@@ -45,8 +47,11 @@ def _setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "urllib3", "chromadb", "transformers"):
+    for noisy in ("httpx", "urllib3", "chromadb", "transformers", "sentence_transformers", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would interleave with the chat
 
 
 def _load_lm(cfg: StreamRAGConfig):
@@ -65,17 +70,21 @@ def _load_lm(cfg: StreamRAGConfig):
 
 @app.command()
 def chat(
-    config: Optional[Path] = ConfigOption,
-    model: Optional[str] = ModelOption,
-    window_tokens: Optional[int] = typer.Option(None, help="Rolling window size."),
-    sink_tokens: Optional[int] = typer.Option(None, help="Attention-sink tokens kept at the start."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    temperature: Optional[float] = typer.Option(None),
-    max_new_tokens: Optional[int] = typer.Option(None),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    session: str | None = typer.Option(None, "--session", "-s", help="Resume this session (default: a new one)."),
+    window_tokens: int | None = typer.Option(None, help="Rolling window size."),
+    sink_tokens: int | None = typer.Option(None, help="Attention-sink tokens kept at the start."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    temperature: float | None = typer.Option(None),
+    max_new_tokens: int | None = typer.Option(None),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Chat in the terminal; replies stream as they are generated. /stats shows the cache, /quit leaves."""
+    """Chat in the terminal with memory: evicted text is archived and recalled.
+
+    /stats shows cache and archive, /recall what came back for the last turn, /quit leaves.
+    """
     _setup_logging(verbose)
     cfg = load_config(
         config,
@@ -89,39 +98,57 @@ def chat(
             "generation.max_new_tokens": max_new_tokens,
         },
     )
+    from streamrag.archive import ArchiveUnavailable
     from streamrag.engine import MessageError
+    from streamrag.models import ModelLoadError
+    from streamrag.rope import UnsupportedModelError
+    from streamrag.session import Assistant, Resources
 
-    lm = _load_lm(cfg)
-    if cfg.system_prompt:
-        lm.add_message("system", cfg.system_prompt)
-    console.print("[bold]streamrag chat[/bold] — /stats for the cache, /quit to leave")
+    try:
+        with console.status("loading models..."):
+            resources = Resources.load(cfg)
+            assistant = Assistant.resume(session, resources=resources) if session else Assistant(resources)
+    except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[bold]streamrag chat[/bold] — session [cyan]{assistant.session_id}[/cyan]; "
+        "/stats, /recall, /quit"
+    )
     out = Console()
     while True:
         try:
             text = console.input("[bold green]you>[/bold green] ")
         except (EOFError, KeyboardInterrupt):
             break
-        if text.strip() in {"/quit", "/exit"}:
+        command = text.strip()
+        if command in {"/quit", "/exit"}:
             break
-        if text.strip() == "/stats":
-            out.print(lm.stats())
+        if command == "/stats":
+            out.print(assistant.stats())
+            continue
+        if command == "/recall":
+            block = assistant.last_recall.block if assistant.last_recall else ""
+            out.print(block or "(nothing recalled yet)", markup=False)
             continue
         try:
             out.print("[bold blue]assistant>[/bold blue] ", end="")
-            for piece in lm.stream_chat(text):
+            for piece in assistant.stream(text):
                 out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
             out.print()
-            turn = lm.last_turn
+            turn = assistant.lm.last_turn
+            recalled = len(assistant.recalled)
             console.print(
                 f"[dim]{turn.prefilled_tokens} prefilled, {turn.generated_tokens} generated, "
-                f"{turn.tokens_per_second:.1f} tok/s[/dim]"
+                f"{turn.tokens_per_second:.1f} tok/s, {recalled} memories recalled[/dim]"
             )
-        except MessageError as exc:
+        except (MessageError, ArchiveUnavailable) as exc:
             out.print()
             console.print(f"[red]{exc}[/red]")
         except KeyboardInterrupt:
             out.print()
             console.print("[dim](interrupted)[/dim]")
+    console.print(f"[dim]resume with: streamrag chat --session {assistant.session_id}[/dim]")
 
 
 @app.command()
@@ -129,14 +156,15 @@ def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="The user message."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n"),
     raw: bool = typer.Option(False, help="Plain completion of the prompt, without the chat template."),
-    config: Optional[Path] = ConfigOption,
-    model: Optional[str] = ModelOption,
-    window_tokens: Optional[int] = typer.Option(None),
-    sink_tokens: Optional[int] = typer.Option(None),
-    device: Optional[str] = typer.Option(None),
-    dtype: Optional[str] = typer.Option(None),
-    temperature: Optional[float] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
+    ignore_eos: bool = typer.Option(False, help="Keep generating past end-of-turn tokens (endless streams)."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    window_tokens: int | None = typer.Option(None),
+    sink_tokens: int | None = typer.Option(None),
+    device: str | None = typer.Option(None),
+    dtype: str | None = typer.Option(None),
+    temperature: float | None = typer.Option(None),
+    seed: int | None = typer.Option(None),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Generate one reply to --prompt and stream it to stdout (any length, constant memory)."""
@@ -158,7 +186,7 @@ def generate(
     lm = _load_lm(cfg)
     stream = lm.stream_completion if raw else lm.stream_chat
     try:
-        for piece in stream(prompt, max_new_tokens=max_new_tokens):
+        for piece in stream(prompt, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos):
             sys.stdout.write(piece)
             sys.stdout.flush()
     except MessageError as exc:
@@ -170,6 +198,164 @@ def generate(
         f"[dim]{lm.last_turn.generated_tokens} tokens, {lm.last_turn.tokens_per_second:.1f} tok/s; "
         f"cache {stats.cache_tokens}/{stats.capacity}, evicted {stats.evicted_tokens}[/dim]"
     )
+
+
+def _load_model(cfg: StreamRAGConfig):
+    """(model, tokenizer, resolved) for the benchmarks, which build their own engines around one model."""
+    from streamrag.models import ModelLoadError, load_model
+
+    try:
+        with console.status("loading model..."):
+            return load_model(cfg.model, cfg.data_dir)
+    except ModelLoadError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@bench_app.command("ppl")
+def bench_ppl(
+    tokens: int = typer.Option(1500, "--tokens", "-n", help="Tokens of text to score (from pydoc_data.topics)."),
+    window: int = typer.Option(256, "--window", help="window_tokens of the sink cache."),
+    sinks: int = typer.Option(4, "--sinks", help="sink_tokens of the sink cache; the window baseline gets 0 sinks."),
+    chunk: int = typer.Option(64, "--chunk", help="Tokens per forward pass, and the eviction chunk."),
+    smooth: int | None = typer.Option(None, help="Tokens in the plot's running mean (default: 100 to 256)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    name: str = typer.Option("ppl", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Perplexity of one long text: dense cache vs. sliding window vs. attention sinks, in one run."""
+    _setup_logging(verbose)
+    cfg = load_config(
+        config,
+        **{
+            "model.spec": model,
+            "model.device": device,
+            "model.dtype": dtype,
+            "cache.sink_tokens": sinks,
+            "cache.window_tokens": window,
+            "cache.evict_chunk": chunk,
+        },
+    )
+    from streamrag.bench.ppl import run_ppl
+    from streamrag.rope import UnsupportedModelError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    hf_model, tokenizer, resolved = _load_model(cfg)
+    try:
+        result = run_ppl(
+            hf_model,
+            tokenizer,
+            cfg,
+            out,
+            tokens=tokens,
+            window_tokens=window,
+            sink_tokens=sinks,
+            chunk=chunk,
+            smooth=smooth,
+            name=name,
+            model_name=resolved.description,
+        )
+    except (ValueError, UnsupportedModelError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"perplexity of {tokens:,} tokens, cache {sinks + window} tokens")
+    for column in ("policy", "ppl", "vs dense", "cache tokens", "evicted"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for policy in ("dense", "window", "sink"):
+        entry = result[policy]
+        ratio = entry["ppl"] / result["dense"]["ppl"]
+        table.add_row(
+            policy, f"{entry['ppl']:.3f}", f"{ratio:.3f}x", str(entry["cache_tokens"]), str(entry["evicted_tokens"])
+        )
+    Console().print(table)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
+@bench_app.command("latency")
+def bench_latency(
+    lengths: str = typer.Option("1000,4000,16000", help="Stream lengths to measure at, e.g. 1000,4000,16000,64000."),
+    steps: int = typer.Option(64, help="Greedy decode steps timed at each length (64 = one eviction per burst)."),
+    recompute_steps: int = typer.Option(4, help="Steps timed for recompute (each one is a full forward pass)."),
+    dense_max: int = typer.Option(16000, help="Longest stream measured for dense; longer ones are skipped."),
+    policies: str = typer.Option("sink,dense,recompute", help="Comma-separated subset of sink,dense,recompute."),
+    window: int | None = typer.Option(None, "--window", help="window_tokens (default: from the config)."),
+    sinks: int | None = typer.Option(None, "--sinks", help="sink_tokens (default: from the config)."),
+    evict_chunk: int | None = typer.Option(None, help="Evict at least this many tokens at once."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    name: str = typer.Option("latency", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Per-token decode latency and memory vs. stream length: sink cache vs. dense vs. recompute."""
+    _setup_logging(verbose)
+    cfg = load_config(
+        config,
+        **{
+            "model.spec": model,
+            "model.device": device,
+            "model.dtype": dtype,
+            "cache.sink_tokens": sinks,
+            "cache.window_tokens": window,
+            "cache.evict_chunk": evict_chunk,
+        },
+    )
+    from concurrent.futures.process import BrokenProcessPool
+
+    from streamrag.bench.latency import parse_lengths, run_latency
+    from streamrag.models import ModelLoadError
+    from streamrag.rope import UnsupportedModelError
+
+    try:
+        length_list = parse_lengths(lengths)
+        policy_list = [p.strip() for p in policies.split(",") if p.strip()]
+        result = run_latency(
+            cfg,
+            out,
+            lengths=length_list,
+            policies=policy_list,
+            steps=steps,
+            recompute_steps=recompute_steps,
+            dense_max=dense_max,
+            name=name,
+            threads=threads,
+        )
+    except (ValueError, ModelLoadError, UnsupportedModelError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except BrokenProcessPool:
+        console.print("[red]error:[/red] a measuring process died (out of memory?); try smaller --lengths")
+        raise typer.Exit(1) from None
+    table = Table(title=f"decode cost, cache {cfg.cache.capacity} tokens")
+    for column in ("policy", "length", "ms/token", "rss MB", "cache MB", "vs sink"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for policy in policy_list:
+        for entry in result[policy]["results"]:
+            if entry.get("skipped"):
+                table.add_row(policy, f"{entry['length']:,}", "skipped", "", "", "")
+                continue
+            ratio = result["ratios"].get(str(entry["length"]), {}).get(f"{policy}_vs_sink_ms_per_token")
+            table.add_row(
+                policy,
+                f"{entry['length']:,}",
+                f"{entry['ms_per_token']:.1f}",
+                f"{entry['rss_mb']:.0f}",
+                f"{entry['cache_mb']:.1f}",
+                f"{ratio:.2f}x" if ratio else "",
+            )
+    Console().print(table)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -223,6 +223,11 @@ class StreamRAGConfig(_Section):
     def _expand(cls, value: Path) -> Path:
         return Path(value).expanduser()
 
+    @property
+    def transcript_path(self) -> Path:
+        """The SQLite transcript of every session, inside the data directory."""
+        return Path(self.data_dir) / "transcripts.sqlite3"
+
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StreamRAGConfig:
         """Load a YAML file (or defaults), then apply dotted overrides like ``{"cache.window_tokens": 512}``."""

@@ -55,7 +55,7 @@ class Resources:
         data_dir = Path(config.data_dir)
         model, tokenizer, _ = load_model(config.model, data_dir)
         archive = Archive(config.archive, data_dir)
-        transcript = Transcript(data_dir / "transcripts.sqlite3")
+        transcript = Transcript(config.transcript_path)
         return cls(config, model, tokenizer, archive, transcript, threading.Lock())
 
 

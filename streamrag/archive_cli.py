@@ -1,0 +1,141 @@
+"""``streamrag archive ...``: look into, export and prune what conversations remember.
+
+These commands open the archive and transcript only (no chat model), so they
+start in a couple of seconds and work while an assistant is running.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+archive_app = typer.Typer(no_args_is_help=True, help="Search, list, export and forget archived memories.")
+console = Console()
+errors = Console(stderr=True)
+
+SessionOption = typer.Option(..., "--session", "-s", help="Session id (see `streamrag archive sessions`).")
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config (default: configs/default.yaml if present).")
+
+
+def _open(config_path: Path | None):
+    from streamrag.archive import Archive, ArchiveUnavailable
+    from streamrag.cli import load_config
+    from streamrag.transcript import Transcript
+
+    from streamrag.cli import _setup_logging
+
+    _setup_logging(verbose=False)
+    config = load_config(config_path)
+    try:
+        archive = Archive(config.archive, config.data_dir)
+    except ArchiveUnavailable as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    return archive, Transcript(config.transcript_path)
+
+
+def _require_session(transcript, archive, session: str) -> None:
+    if transcript.get_session(session) is None and archive.count(session) == 0:
+        errors.print(f"[red]error:[/red] no session {session!r}; `streamrag archive sessions` lists them")
+        raise typer.Exit(1)
+
+
+def _memory_table(memories, scores: bool) -> Table:
+    table = Table(show_lines=False)
+    if scores:
+        for column in ("score", "sim", "bm25"):
+            table.add_column(column, justify="right")
+    for column in ("turn", "role", "text", "chunk id"):
+        table.add_column(column, overflow="fold")
+    for m in memories:
+        cells = []
+        if scores:
+            sim = "" if m.similarity is None else f"{m.similarity:.2f}"
+            bm25 = "" if m.lexical_score is None else f"{m.lexical_score:.2f}"
+            cells = [f"{m.score:.4f}", sim, bm25]
+        table.add_row(*cells, str(m.turn), m.role, m.text.strip(), m.chunk_id)
+    return table
+
+
+@archive_app.command("sessions")
+def sessions(config: Path | None = ConfigOption) -> None:
+    """List stored sessions, newest first, with message and memory counts."""
+    archive, transcript = _open(config)
+    table = Table()
+    for column in ("session", "title", "messages", "memories"):
+        table.add_column(column)
+    for info in transcript.sessions():
+        table.add_row(info.session_id, info.title or "", str(info.message_count), str(archive.count(info.session_id)))
+    console.print(table)
+
+
+@archive_app.command("search")
+def search(
+    query: str = typer.Argument(..., help="What to look for."),
+    session: str = SessionOption,
+    k: int = typer.Option(5, "-k", help="How many memories to show."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Hybrid (dense + BM25) search of one session's archive."""
+    archive, transcript = _open(config)
+    _require_session(transcript, archive, session)
+    console.print(_memory_table(archive.search(session, query, k=k), scores=True))
+
+
+@archive_app.command("list")
+def list_memories(
+    session: str = SessionOption,
+    limit: int | None = typer.Option(None, help="Show at most this many."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """A session's memories in conversation order."""
+    archive, transcript = _open(config)
+    _require_session(transcript, archive, session)
+    console.print(_memory_table(archive.list(session, limit=limit), scores=False))
+
+
+@archive_app.command("forget")
+def forget(
+    session: str = SessionOption,
+    chunk: str | None = typer.Option(None, "--chunk", help="Forget only this memory (its chunk id)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Forget one memory, or a whole session (its archive and its transcript)."""
+    archive, transcript = _open(config)
+    _require_session(transcript, archive, session)
+    what = f"memory {chunk}" if chunk else f"session {session} (archive and transcript)"
+    if not yes and not typer.confirm(f"Forget {what}?"):
+        raise typer.Exit(1)
+    removed = archive.forget(session, chunk)
+    if chunk is None:
+        transcript.delete_session(session)
+    elif removed == 0:
+        errors.print(f"[red]error:[/red] no memory {chunk!r} in session {session!r}")
+        raise typer.Exit(1)
+    console.print(f"forgot {removed} memor{'y' if removed == 1 else 'ies'}" + ("" if chunk else " and the transcript"))
+
+
+@archive_app.command("export")
+def export(
+    session: str = SessionOption,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write JSON here (default: stdout)."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Export a session's transcript and archived memories as JSON."""
+    from dataclasses import asdict
+
+    archive, transcript = _open(config)
+    _require_session(transcript, archive, session)
+    data = transcript.export(session) if transcript.get_session(session) else {"session": {"session_id": session}}
+    data["memories"] = [asdict(m) for m in archive.list(session)]
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text)
+        errors.print(f"wrote {out}")

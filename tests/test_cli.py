@@ -1,0 +1,94 @@
+"""The command line: generation streams, bad settings exit cleanly, archive commands see the archive."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from streamrag.archive import Archive
+from streamrag.cli import app
+from streamrag.config import StreamRAGConfig
+from streamrag.ledger import EvictedSpan, MessageRef
+from streamrag.transcript import Transcript
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config_file(tmp_path, data_dir, embedded):
+    """A config whose data dir reuses the session's converted model but keeps its own archive."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(data_dir / "models", target_is_directory=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "model": {"device": "cpu"}}))
+    return path
+
+
+def test_generate_streams_a_reply_with_constant_cache(config_file):
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "-c",
+            str(config_file),
+            "-p",
+            "Count to ten:",
+            "-n",
+            "300",
+            "--raw",
+            "--ignore-eos",
+            "--window-tokens",
+            "124",
+            "--temperature",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "300 tokens" in result.output and "cache " in result.output
+    cache = result.output.split("cache ")[1].split(",")[0]
+    used, capacity = map(int, cache.split("/"))
+    assert capacity == 128 and used <= capacity
+
+
+def test_invalid_settings_exit_with_the_field_name(config_file):
+    result = runner.invoke(app, ["generate", "-c", str(config_file), "-p", "x", "--window-tokens", "2"])
+    assert result.exit_code == 2
+    assert "cache.window_tokens" in result.output
+
+
+def test_empty_prompt_is_refused(config_file):
+    result = runner.invoke(app, ["generate", "-c", str(config_file), "-p", "   "])
+    assert result.exit_code == 2 and "empty" in result.output
+
+
+def test_archive_commands_search_list_export_and_forget(config_file):
+    config = StreamRAGConfig.load(config_file)
+    archive = Archive(config.archive, config.data_dir)
+    transcript = Transcript(config.transcript_path)
+    transcript.create_session("s1", title="demo")
+    text = "The spare key is under the third flowerpot."
+    message = transcript.append("s1", "user", text, 1)
+    ref = MessageRef("s1", message.message_id, "user", 1)
+    archive.write([EvictedSpan(ref, 0, 9, 0, len(text), text, (), True)])
+
+    listed = runner.invoke(app, ["archive", "sessions", "-c", str(config_file)])
+    assert listed.exit_code == 0 and "s1" in listed.output
+
+    found = runner.invoke(app, ["archive", "search", "flowerpot key", "-s", "s1", "-c", str(config_file)])
+    assert found.exit_code == 0 and "flowerpot" in found.output
+
+    out = config_file.parent / "export.json"
+    exported = runner.invoke(app, ["archive", "export", "-s", "s1", "-o", str(out), "-c", str(config_file)])
+    assert exported.exit_code == 0
+    data = json.loads(out.read_text())
+    assert data["messages"][0]["content"] == text and data["memories"][0]["text"] == text
+
+    missing = runner.invoke(app, ["archive", "list", "-s", "nope", "-c", str(config_file)])
+    assert missing.exit_code == 1 and "no session" in missing.output
+
+    gone = runner.invoke(app, ["archive", "forget", "-s", "s1", "--yes", "-c", str(config_file)])
+    assert gone.exit_code == 0 and "forgot 1 memory" in gone.output
+    assert archive.count("s1") == 0 and transcript.get_session("s1") is None

@@ -1,17 +1,39 @@
-"""streamrag: long-running assistants on a local model with an attention-sink KV cache."""
+"""streamrag: long-running assistants on a local model with an attention-sink KV cache and recall."""
 
 from streamrag.config import ConfigError, StreamRAGConfig
 from streamrag.engine import CacheStats, MessageError, StreamingLM, TurnStats
 from streamrag.ledger import EvictedSpan, MessageRef
 
 __all__ = [
+    "Archive",
+    "ArchiveUnavailable",
+    "Assistant",
     "CacheStats",
     "ConfigError",
     "EvictedSpan",
+    "Memory",
     "MessageError",
     "MessageRef",
+    "Resources",
     "StreamRAGConfig",
     "StreamingLM",
     "TurnStats",
 ]
 __version__ = "0.1.0"
+
+# The archive side imports Chroma and sentence-transformers; load it only when asked for.
+_LAZY = {
+    "Archive": "streamrag.archive",
+    "ArchiveUnavailable": "streamrag.archive",
+    "Memory": "streamrag.archive",
+    "Assistant": "streamrag.session",
+    "Resources": "streamrag.session",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'streamrag' has no attribute {name!r}")

@@ -125,3 +125,32 @@ def test_a_collection_reopens_with_its_own_embedder(tmp_path):
     collection = client.get_collection("streamrag_memories")  # no embedding function passed
     result = collection.query(query_texts=["When is grandma's birthday?"], n_results=1)
     assert "14th of March" in result["documents"][0][0]
+
+
+def test_the_reranker_hook_orders_hits_by_the_cross_encoders_scores(tmp_path):
+    """No CrossEncoder ships offline, so build a tiny random one from MiniLM's own tokenizer."""
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from streamrag.config import ArchiveSettings
+    from streamrag.models import embedded_embedding_model
+
+    folder = tmp_path / "tiny-reranker"
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_embedding_model()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    archive = Archive(ArchiveSettings(reranker=str(folder)), tmp_path / "data")
+    fill(archive, "s1", {})
+    query = "Which instrument does my brother play?"
+    hits = archive.search("s1", query, k=5)
+    expected = CrossEncoder(str(folder)).predict([(query, h.text) for h in hits])
+    assert [h.score for h in hits] == pytest.approx(sorted(map(float, expected), reverse=True), abs=1e-5)

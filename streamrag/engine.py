@@ -166,6 +166,7 @@ class StreamingLM:
         self._generated_total = 0
         self._last_logits: torch.Tensor | None = None
         self.last_reply: MessageRef | None = None
+        self._scoring_ref: MessageRef | None = None
 
     def on_evict(self, subscriber: EvictionSubscriber) -> Callable[[], None]:
         """Call ``subscriber(spans)`` with the text of every eviction, before the KV slots are dropped.
@@ -385,15 +386,19 @@ class StreamingLM:
         """Feed raw tokens and return logits for every position (perplexity benchmarks).
 
         Tokens go through the same eviction path as chat messages, under one
-        synthetic message, so what is measured is what chat uses.
+        synthetic message, so what is measured is what chat uses. Scoring and
+        chat do not mix: use an engine (or a :meth:`reset`) dedicated to it.
         """
-        if not hasattr(self, "_scoring_ref"):
+        if self._messages:
+            raise RuntimeError("feed_for_scoring needs an engine without chat messages; call reset() first")
+        if self._scoring_ref is None:
             self._scoring_ref = MessageRef(self.session_id, "scoring", "user", 0)
             self.ledger.open_message(self._scoring_ref, archive=False)
         self._make_room(len(token_ids))
         for token_id in token_ids:
-            self.ledger.append("scoring", token_id, 0, 0)
+            self.ledger.append(self._scoring_ref.message_id, token_id, 0, 0)
         logits = self._forward(token_ids, all_logits=True)
+        self._last_logits = logits[-1]
         self._prefilled_total += len(token_ids)
         return logits
 

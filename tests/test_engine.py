@@ -262,3 +262,19 @@ def test_bfloat16_model_runs_turns_with_eviction(embedded, data_dir):
     diff = (lm.cache.layers[0].keys.float() - fresh.layers[0].keys.float()).abs().max().item()
     scale = fresh.layers[0].keys.float().abs().max().item()
     assert diff <= 0.02 * scale, (diff, scale)
+
+
+def test_scoring_works_after_reset_and_refuses_to_mix_with_chat(make_lm, embedded):
+    model, tokenizer = embedded
+    lm = make_lm(sink_tokens=4, window_tokens=60, evict_chunk=16)
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 4, add_special_tokens=False)["input_ids"]
+    first = lm.feed_for_scoring(ids[:32])
+    lm.reset()
+    again = lm.feed_for_scoring(ids[:32])
+    assert torch.allclose(first, again)
+    reference, _ = dense_forward(model, ids[:32])
+    assert (again - reference).abs().max().item() < 1e-3
+    lm.reset()
+    lm.add_message("user", "hello")
+    with pytest.raises(RuntimeError, match="reset"):
+        lm.feed_for_scoring(ids[:8])

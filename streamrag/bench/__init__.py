@@ -1,0 +1,13 @@
+"""Benchmarks with their baselines: ``streamrag bench ppl`` and ``streamrag bench latency``.
+
+Each benchmark runs every policy it compares (the sink cache and its
+baselines) in one invocation, on the same model and the same text, and writes
+``<out>/<name>.json`` plus ``<out>/<name>.png``. The JSON holds one entry per
+policy under the policy's name and a ``ratios`` summary against the sink
+cache or the dense reference.
+"""
+
+from streamrag.bench.latency import run_latency
+from streamrag.bench.ppl import run_ppl
+
+__all__ = ["run_latency", "run_ppl"]

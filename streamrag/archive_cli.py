@@ -23,10 +23,8 @@ ConfigOption = typer.Option(None, "--config", "-c", help="YAML config (default: 
 
 def _open(config_path: Path | None):
     from streamrag.archive import Archive, ArchiveUnavailable
-    from streamrag.cli import load_config
+    from streamrag.cli import _setup_logging, load_config
     from streamrag.transcript import Transcript
-
-    from streamrag.cli import _setup_logging
 
     _setup_logging(verbose=False)
     config = load_config(config_path)

@@ -150,7 +150,9 @@ class ArchiveSettings(_Section):
 
     chroma_url: str | None = Field(
         default=None,
-        description="URL of a Chroma server (`chroma run`), e.g. http://127.0.0.1:8000. None: embedded, under data_dir.",
+        description=(
+            "URL of a Chroma server (`chroma run`), e.g. http://127.0.0.1:8000. None: embedded, under data_dir."
+        ),
     )
     tenant: str = "default_tenant"
     database: str = "default_database"
@@ -161,7 +163,9 @@ class ArchiveSettings(_Section):
     embedding_device: str = Field(default="cpu", description="Device for the embedder ('cpu', 'cuda').")
     embedding_batch_size: int = Field(default=64, gt=0)
     chunk_chars: int = Field(
-        default=800, ge=50, description="Evicted text is archived in chunks of about this many characters (~200 tokens)."
+        default=800,
+        ge=50,
+        description="Evicted text is archived in chunks of about this many characters (~200 tokens).",
     )
     chunk_overlap_chars: int = Field(default=160, ge=0, description="Characters shared by consecutive chunks.")
     reranker: str | None = Field(

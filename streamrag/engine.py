@@ -129,9 +129,7 @@ class StreamingLM:
 
     # -- construction ---------------------------------------------------
     @classmethod
-    def load(
-        cls, model: str | None = None, config: StreamRAGConfig | str | None = None, **settings
-    ) -> StreamingLM:
+    def load(cls, model: str | None = None, config: StreamRAGConfig | str | None = None, **settings) -> StreamingLM:
         """Load a model (hub id, folder, .gguf, or None for the embedded default) with a sink cache.
 
         ``settings`` are flat names such as ``sink_tokens``, ``window_tokens``,
@@ -500,4 +498,3 @@ def _eos_token_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-

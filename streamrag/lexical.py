@@ -14,6 +14,9 @@ import threading
 import bm25s
 
 logger = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG at import, which floods an application's logs
+# with per-call index messages; the host application decides, so return it to WARNING.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class LexicalIndex:

@@ -58,9 +58,7 @@ class ChatFormat:
     # -- text level -----------------------------------------------------
     def _render(self, messages: list[dict], generation_prompt: bool = False) -> str:
         try:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt
-            )
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
         except Exception as exc:  # jinja raises its own TemplateError types
             roles = [m["role"] for m in messages]
             raise TemplateError(f"the model's chat template cannot render roles {roles}: {exc}") from exc
@@ -113,9 +111,7 @@ class ChatFormat:
         """Tokenise message content as plain text, with character offsets."""
         if not text:
             return RenderedMessage([], [])
-        encoded = self.tokenizer(
-            text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
-        )
+        encoded = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
         return RenderedMessage(list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]])
 
     def message(self, role: str, content: str, first: bool, generation_prompt: bool = False) -> RenderedMessage:

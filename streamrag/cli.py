@@ -111,10 +111,7 @@ def chat(
     except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable, KeyError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    console.print(
-        f"[bold]streamrag chat[/bold] — session [cyan]{assistant.session_id}[/cyan]; "
-        "/stats, /recall, /quit"
-    )
+    console.print(f"[bold]streamrag chat[/bold] — session [cyan]{assistant.session_id}[/cyan]; /stats, /recall, /quit")
     out = Console()
     while True:
         try:
@@ -355,6 +352,126 @@ def bench_latency(
                 f"{ratio:.2f}x" if ratio else "",
             )
     Console().print(table)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
+@bench_app.command("recall")
+def bench_recall(
+    sessions: int = typer.Option(4, help="Conversations sharing one archive (facts of the same kinds in each)."),
+    facts_per_kind: int = typer.Option(3, help="Planted facts per kind (name, date, code, preference) and session."),
+    windows: float = typer.Option(20, help="Length of each conversation in cache windows of ingested text."),
+    window: int = typer.Option(252, "--window", help="window_tokens of the sink cache."),
+    sinks: int = typer.Option(4, "--sinks", help="sink_tokens; the window baseline gets 0 sinks, same capacity."),
+    evict_chunk: int = typer.Option(32, help="Evict at least this many tokens at once."),
+    max_new_tokens: int = typer.Option(24, help="Longest answer (greedy decoding)."),
+    top_k: int = typer.Option(4, help="Most memories recalled per question (the k of hit@k)."),
+    budget_fraction: float = typer.Option(0.3, help="Share of the window the memory block may use."),
+    sizes: str = typer.Option(
+        "1000,10000", help="Archive sizes (chunks) for the cost measurements, e.g. 1k,10k,100k; 'none' skips them."
+    ),
+    queries: int = typer.Option(50, help="Searches timed at each archive size."),
+    batch: int = typer.Option(512, help="Evicted spans per Archive.write call when bulk-loading."),
+    seed: int = typer.Option(0, help="Seed of the synthetic conversations."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    name: str = typer.Option("recall", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    work_dir: Path | None = typer.Option(None, help="Where the temporary archives go (default: under OUT)."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Recall of evicted facts (streamrag vs. StreamingLLM vs. sliding window vs. ceiling), plus archive costs.
+
+    With the defaults (4 sessions x 20 windows, 48 facts, sizes 1k and 10k) it takes about 15 minutes on 2 idle
+    CPU cores; --sizes 1k,10k,100k adds about 20 minutes (embedding 100k chunks).
+    """
+    _setup_logging(verbose)
+    import streamrag.lexical  # noqa: F401 - bm25s sets its logger to DEBUG on import; quiet it again
+    from streamrag.bench.recall import check_settings, parse_sizes
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    try:
+        size_list = parse_sizes(sizes)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --sizes: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        check_settings(sessions, facts_per_kind, windows)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    cfg = load_config(
+        config,
+        **{
+            "model.spec": model,
+            "model.device": device,
+            "model.dtype": dtype,
+            "cache.sink_tokens": sinks,
+            "cache.window_tokens": window,
+            "cache.evict_chunk": evict_chunk,
+        },
+    )
+    from streamrag.archive import ArchiveUnavailable
+    from streamrag.bench.recall import SYSTEMS, run_recall
+    from streamrag.rope import UnsupportedModelError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    hf_model, tokenizer, resolved = _load_model(cfg)
+    try:
+        result = run_recall(
+            hf_model,
+            tokenizer,
+            cfg,
+            out,
+            sessions=sessions,
+            facts_per_kind=facts_per_kind,
+            windows=windows,
+            sink_tokens=sinks,
+            window_tokens=window,
+            evict_chunk=evict_chunk,
+            max_new_tokens=max_new_tokens,
+            top_k=top_k,
+            budget_fraction=budget_fraction,
+            sizes=size_list,
+            queries=queries,
+            batch=batch,
+            seed=seed,
+            name=name,
+            model_name=resolved.description,
+            work_dir=work_dir,
+        )
+    except (ValueError, ConfigError, UnsupportedModelError, ArchiveUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"recall of {result['settings']['probes']} evicted facts, cache {sinks + window} tokens")
+    for column in ("system", "hit@k", "accuracy", "name", "date", "code", "preference"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for system in SYSTEMS:
+        entry = result[system]
+        kinds = [f"{entry['by_kind'][kind]['answer_accuracy']:.2f}" for kind in ("name", "date", "code", "preference")]
+        table.add_row(system, f"{entry['hit_at_k']:.2f}", f"{entry['answer_accuracy']:.2f}", *kinds)
+    Console().print(table)
+    if result["query_ms"]:
+        costs = Table(title="archive costs")
+        columns = ("chunks", "write ms/chunk", "search p50 ms", "search p95 ms", "first search ms", "after write ms")
+        for column in columns:
+            costs.add_column(column, justify="right")
+        details = result["costs"]
+        for size, query in result["query_ms"].items():
+            costs.add_row(
+                f"{int(size):,}",
+                f"{result['write_ms_per_chunk'][size]:.2f}",
+                f"{query['p50']:.1f}",
+                f"{query['p95']:.1f}",
+                f"{details['first_query_ms'][size]:.0f}",
+                f"{details['query_after_write_ms'][size]['p50']:.0f}",
+            )
+        Console().print(costs)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 
 

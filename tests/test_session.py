@@ -46,10 +46,12 @@ def small_config(data_dir: Path, **recall) -> StreamRAGConfig:
 
 
 @pytest.fixture
-def resources(embedded, tmp_path):
-    """Shared model plus a fresh archive and transcript under tmp_path."""
+def resources(embedded, tmp_path, archive_settings):
+    """Shared model plus a fresh archive (embedded Chroma, or a real Chroma server) and transcript."""
     model, tokenizer = embedded
     config = small_config(tmp_path)
+    settings = archive_settings.model_copy(update={"chunk_chars": 400, "chunk_overlap_chars": 80})
+    config = config.model_copy(update={"archive": settings})
     archive = Archive(config.archive, tmp_path)
     transcript = Transcript(tmp_path / "transcripts.sqlite3")
     yield Resources(config, model, tokenizer, archive, transcript, threading.Lock())
@@ -102,7 +104,8 @@ def test_an_early_fact_is_evicted_archived_and_recalled_when_asked(resources):
 
 def test_a_numeric_code_comes_back_through_bm25_alone(resources):
     # Dense hits must be near-identical to count: only the lexical retriever can bring the code back.
-    config = small_config(Path(resources.config.data_dir), min_similarity=0.99)
+    strict = resources.config.recall.model_copy(update={"min_similarity": 0.99})
+    config = resources.config.model_copy(update={"recall": strict})
     assistant = Assistant(with_config(resources, config))
     assistant.add_message("user", "Please note the parcel tracking code 4471-9082-XK for later.")
     assistant.add_message("assistant", "Noted.")

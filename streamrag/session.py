@@ -18,18 +18,21 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamrag.archive import Archive, Memory
 from streamrag.config import StreamRAGConfig
-from streamrag.engine import CacheStats, StreamingLM
+from streamrag.engine import CacheStats, MessageError, StreamingLM
+from streamrag.history import HistoryMessage, normalise, plan_sync
 from streamrag.recall import RecallPolicy, RecallResult
 from streamrag.transcript import Transcript
 
 logger = logging.getLogger(__name__)
 
 MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcript (never re-fed)
+_SHARED: dict[str, Resources] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Resources:
     archive: Archive
     transcript: Transcript
     lock: threading.Lock
+    _assistants: dict[str, Assistant] = field(default_factory=dict, repr=False, compare=False)
+    _assistants_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, config: StreamRAGConfig | None = None) -> Resources:
@@ -57,6 +62,51 @@ class Resources:
         archive = Archive(config.archive, data_dir)
         transcript = Transcript(config.transcript_path)
         return cls(config, model, tokenizer, archive, transcript, threading.Lock())
+
+    @classmethod
+    def shared(cls, config: StreamRAGConfig | None = None) -> Resources:
+        """One :class:`Resources` per distinct config in this process, loaded on first use.
+
+        For callers that create many light handles (framework adapters): the
+        model is loaded once however many handles there are.
+        """
+        config = config or StreamRAGConfig()
+        key = config.model_dump_json()
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = cls.load(config)
+            return _SHARED[key]
+
+    def session(self, session_id: str | None = None) -> Assistant:
+        """The one :class:`Assistant` of this process for ``session_id`` (a new id when ``None``).
+
+        Opened on first use, resumed from the transcript when the session is
+        stored there, then reused: two handles on one id share one KV cache.
+        """
+        with self._assistants_lock:
+            assistant = self._assistants.get(session_id) if session_id else None
+            if assistant is None:
+                stored = session_id is not None and self.transcript.count(session_id) > 0
+                if stored:
+                    assistant = Assistant.resume(session_id, resources=self)
+                else:
+                    assistant = Assistant(self, session_id)
+                self._assistants[assistant.session_id] = assistant
+            return assistant
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :meth:`Assistant.sync` did: fed only new messages on top, or rebuilt the session.
+
+    ``reused_tokens`` were already in the cache and not prefilled again;
+    ``prefilled_tokens`` is what the sync itself fed.
+    """
+
+    rebuilt: bool
+    fed: int
+    reused_tokens: int
+    prefilled_tokens: int
 
 
 @dataclass(frozen=True)
@@ -94,6 +144,8 @@ class Assistant:
         self.last_recall: RecallResult | None = None
         self._last_reply_text: str | None = None
         self._started = False
+        self.last_sync: SyncResult | None = None
+        self._messages_lock = threading.Lock()  # one whole-list call (sync + reply) at a time
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -221,6 +273,100 @@ class Assistant:
 
     def chat(self, text: str, **generation) -> str:
         return "".join(self.stream(text, **generation))
+
+    def stream_reply(self, **generation) -> Iterator[str]:
+        """Answer the messages added so far, whatever the last one's role (no recall: there is no new query)."""
+        self._start()
+        turn = self.lm.turn
+        before = self.lm.last_reply
+        pieces: list[str] = []
+        with self.resources.lock:
+            stream = self.lm.stream_reply(**generation)
+            try:
+                for piece in stream:
+                    pieces.append(piece)
+                    yield piece
+            finally:
+                stream.close()
+                reply = "".join(pieces)
+                ref = self.lm.last_reply
+                if ref is not None and ref is not before and reply.strip():
+                    meta = {"stop_reason": self.lm.last_turn.stop_reason}
+                    self.transcript.append(
+                        self.session_id, "assistant", reply, turn, message_id=ref.message_id, meta=meta
+                    )
+                    self._last_reply_text = reply
+
+    # -- whole message lists (chat frameworks) ---------------------------
+    def history(self) -> list[HistoryMessage]:
+        """The conversation this session holds, oldest first; injected memory blocks are left out."""
+        return [
+            HistoryMessage(m.role, m.content)
+            for m in self.transcript.messages(self.session_id)
+            if m.role != MEMORY_ROLE
+        ]
+
+    def sync(self, messages) -> SyncResult:
+        """Make the session hold exactly ``messages`` (role/content pairs), re-feeding as little as possible.
+
+        If ``messages`` start with everything the session holds, only the new
+        ones are fed. Otherwise (an edited or a different history) the session
+        is rebuilt: its cache, transcript and archived memories are cleared
+        and ``messages`` are fed from the start. See :mod:`streamrag.history`.
+        """
+        incoming = normalise(messages)
+        held = self.history()
+        prompt = self.config.system_prompt
+        if prompt and held and held[0] == HistoryMessage("system", prompt):
+            if not incoming or incoming[0].role != "system":
+                held = held[1:]  # the configured prompt the session added itself; clients need not repeat it
+        plan = plan_sync(held, incoming)
+        before = self.lm.stats()
+        if plan.rebuild:
+            self._clear()
+            if incoming and incoming[0].role == "system":
+                self._started = True  # the client brings its own system message
+        for message in plan.new:
+            self.add_message(message.role, message.content)
+        after = self.lm.stats()
+        self.last_sync = SyncResult(
+            rebuilt=plan.rebuild,
+            fed=len(plan.new),
+            reused_tokens=0 if plan.rebuild else before.cache_tokens,
+            prefilled_tokens=after.prefilled_tokens - before.prefilled_tokens,
+        )
+        return self.last_sync
+
+    def stream_messages(self, messages, **generation) -> Iterator[str]:
+        """Answer a whole message list: sync the session to it, then stream the reply.
+
+        A final user message is answered like :meth:`stream` (with recall);
+        otherwise the reply follows the synced messages (:meth:`stream_reply`).
+        """
+        incoming = normalise(messages)
+        if not incoming:
+            raise MessageError("no messages to answer")
+        with self._messages_lock:
+            if incoming[-1].role == "user":
+                self.sync(incoming[:-1])
+                yield from self.stream(incoming[-1].content, **generation)
+            else:
+                self.sync(incoming)
+                yield from self.stream_reply(**generation)
+
+    def recall(self, text: str) -> RecallResult:
+        """What this session would recall for ``text`` right now; nothing is injected or stored."""
+        return self.recall_policy.recall(self.session_id, text, self._last_reply_text, self.lm.ledger.resident_ranges())
+
+    def _clear(self) -> None:
+        """Empty this session (cache, transcript, archive) but keep its id."""
+        self.archive.forget(self.session_id)
+        self.transcript.truncate_after(self.session_id, 0)
+        with self.resources.lock:
+            self.lm.reset()
+        self._last_reply_text = None
+        self.last_recall = None
+        self._started = False
 
     # -- inspection and forgetting --------------------------------------
     @property

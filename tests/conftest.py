@@ -115,3 +115,64 @@ def archive_settings(request, tmp_path):
         # One collection per test keeps server-side state from leaking between tests.
         return ArchiveSettings(chroma_url=url, collection=f"t{abs(hash(request.node.nodeid)) % 10**9}")
     return ArchiveSettings()
+
+
+def build_resources(embedded, path, **sections):
+    """Resources around the shared model, with archive and transcript under ``path`` (a pytest temp dir).
+
+    Defaults: a 256-token cache (evictions within a few turns) and short greedy replies.
+    """
+    import threading
+
+    from streamrag.archive import Archive
+    from streamrag.session import Resources
+    from streamrag.transcript import Transcript
+
+    model, tokenizer = embedded
+    settings = {
+        "cache": {"sink_tokens": 4, "window_tokens": 252, "evict_chunk": 32},
+        "generation": {"temperature": 0, "max_new_tokens": 16},
+        "archive": {"chunk_chars": 400, "chunk_overlap_chars": 80},
+        **sections,
+    }
+    config = StreamRAGConfig(data_dir=path, **settings)
+    archive = Archive(config.archive, path)
+    transcript = Transcript(config.transcript_path)
+    return Resources(config, model, tokenizer, archive, transcript, threading.Lock())
+
+
+@pytest.fixture
+def make_resources(embedded, tmp_path):
+    """``make_resources(**sections)``: fresh Resources under tmp_path around the shared model."""
+    made = []
+
+    def build(**sections):
+        resources = build_resources(embedded, tmp_path / f"r{len(made)}", **sections)
+        made.append(resources)
+        return resources
+
+    yield build
+    for resources in made:
+        resources.transcript.close()
+
+
+FILLER = [
+    ("Let's talk about gardening. What should I plant in a shady corner?", "Ferns and hostas do well in shade."),
+    ("The weather has been grey all week and the train was late again.", "A short walk at lunch can help."),
+    ("I am reading a novel about sailors crossing the Atlantic in winter.", "Sea stories have great atmosphere."),
+    ("We might paint the kitchen a pale colour next spring.", "Pale colours make small kitchens feel bigger."),
+    ("My neighbour's dog barks every morning at exactly seven o'clock.", "Maybe he greets someone who leaves then."),
+]
+
+
+def filler_history(windows: float, capacity: int, chars_per_token: float = 4.0) -> list[tuple[str, str]]:
+    """Filler (role, content) pairs adding up to about ``windows`` cache capacities of tokens."""
+    messages: list[tuple[str, str]] = []
+    size = 0
+    i = 0
+    while size < windows * capacity * chars_per_token:
+        user, assistant = FILLER[i % len(FILLER)]
+        messages += [("user", f"{user} (note {i})"), ("assistant", assistant)]
+        size += len(user) + len(assistant) + 40
+        i += 1
+    return messages

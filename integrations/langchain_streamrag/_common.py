@@ -1,0 +1,64 @@
+"""What the three LangChain classes share: finding the resources, and LangChain messages as (role, text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage
+
+from streamrag.config import StreamRAGConfig
+from streamrag.history import HistoryMessage
+from streamrag.session import Resources
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+_ROLE_NAMES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def resolve_resources(resources: Resources | None, config: StreamRAGConfig | str | None) -> Resources:
+    """The given resources, or the process-wide ones for ``config`` (a config, a YAML path, or defaults)."""
+    if resources is not None:
+        return resources
+    if isinstance(config, str):
+        config = StreamRAGConfig.load(config)
+    return Resources.shared(config)
+
+
+def model_label(config: StreamRAGConfig) -> str:
+    return config.model.spec or EMBEDDED_MODEL_NAME
+
+
+def message_text(content: Any) -> str:
+    """A message's text; content blocks other than text are refused (the model reads text only)."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(block.get("text", ""))
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ValueError(f"streamrag reads text only; got a {kind!r} content block")
+    return "".join(parts)
+
+
+def to_history(messages: list[BaseMessage]) -> list[HistoryMessage]:
+    """LangChain messages as streamrag (role, content) pairs."""
+    history = []
+    for message in messages:
+        if isinstance(message, HumanMessage):
+            role = "user"
+        elif isinstance(message, AIMessage):
+            role = "assistant"
+        elif isinstance(message, SystemMessage):
+            role = "system"
+        elif isinstance(message, ChatMessage) and message.role in _ROLE_NAMES:
+            role = _ROLE_NAMES[message.role]
+        else:
+            raise ValueError(
+                f"streamrag cannot take a {type(message).__name__} (role {message.type!r}): "
+                "it has no tool calling; use system, human and ai messages"
+            )
+        history.append(HistoryMessage(role, message_text(message.content)))
+    return history

@@ -1,0 +1,239 @@
+"""``ChatStreamRAG``: a LangChain chat model whose conversation lives in a persistent streamrag session.
+
+LangChain sends the whole message list on every call. The session keeps its
+KV cache between calls, so :meth:`streamrag.session.Assistant.stream_messages`
+feeds only the messages that extend what the session holds, and rebuilds the
+session when the list diverges (an edited or a different history).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables.config import run_in_executor
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from langchain_streamrag._common import model_label, resolve_resources, to_history
+from streamrag.session import Assistant, Resources
+
+_DONE = object()
+
+
+class ChatStreamRAG(BaseChatModel):
+    """A chat model on a local LM with an attention-sink cache and recall of evicted text.
+
+    The session id comes from ``config["configurable"]["session_id"]``, else
+    the ``session_id`` field, else one id per model instance.
+
+    >>> chat = ChatStreamRAG(max_tokens=64)
+    >>> chat.invoke("Hello!", config={"configurable": {"session_id": "ada"}})
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    model_name: str | None = Field(default=None, alias="model")
+    """Shown in traces and ``response_metadata``; defaults to the configured model."""
+    config: Any = None
+    """A ``StreamRAGConfig``, a YAML path, or ``None`` for the defaults (embedded models)."""
+    resources: Any = Field(default=None, exclude=True)
+    """Already loaded resources to share (model, archive, transcript); loaded from ``config`` when ``None``."""
+    session_id: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    streaming: bool = False
+    """``invoke`` streams internally (callbacks see every token)."""
+
+    _default_session: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
+
+    # -- LangChain identity ----------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "streamrag"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self._model_name(),
+            "session_id": self.session_id,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "streamrag"
+        params["ls_model_name"] = kwargs.get("model") or self._model_name()
+        if self.temperature is not None:
+            params["ls_temperature"] = kwargs.get("temperature", self.temperature)
+        if self.max_tokens is not None:
+            params["ls_max_tokens"] = kwargs.get("max_tokens", self.max_tokens)
+        return params
+
+    def _model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if self.resources is not None:
+            return model_label(self.resources.config)
+        return "SmolLM2-135M-Instruct" if self.config is None else "streamrag"
+
+    # -- sessions ---------------------------------------------------------
+    def get_resources(self) -> Resources:
+        if self.resources is None:
+            self.resources = resolve_resources(None, self.config)
+        return self.resources
+
+    def get_session(self, session_id: str | None = None) -> Assistant:
+        """The streamrag session (an :class:`~streamrag.session.Assistant`) behind ``session_id``."""
+        return self.get_resources().session(session_id or self.session_id or self._default_session)
+
+    # The configurable session id reaches _generate/_stream as a keyword argument.
+    @staticmethod
+    def _session_kwargs(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        session_id = ensure_config(config).get("configurable", {}).get("session_id")
+        if session_id and "session_id" not in kwargs:
+            return {**kwargs, "session_id": session_id}
+        return kwargs
+
+    def invoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop=None, **kwargs: Any
+    ) -> BaseMessage:
+        return super().invoke(input, config, stop=stop, **self._session_kwargs(config, kwargs))
+
+    async def ainvoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop=None, **kwargs: Any
+    ) -> BaseMessage:
+        return await super().ainvoke(input, config, stop=stop, **self._session_kwargs(config, kwargs))
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop=None, **kwargs: Any
+    ) -> Iterator[BaseMessageChunk]:
+        yield from super().stream(input, config, stop=stop, **self._session_kwargs(config, kwargs))
+
+    async def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop=None, **kwargs: Any
+    ) -> AsyncIterator[BaseMessageChunk]:
+        async for chunk in super().astream(input, config, stop=stop, **self._session_kwargs(config, kwargs)):
+            yield chunk
+
+    # -- generation -------------------------------------------------------
+    def _generation(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """LangChain's names for sampling settings, per call over per instance, as streamrag's names."""
+        settings = {
+            "temperature": kwargs.get("temperature", self.temperature),
+            "max_new_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "top_p": kwargs.get("top_p", self.top_p),
+            "top_k": kwargs.get("top_k", self.top_k),
+            "repetition_penalty": kwargs.get("repetition_penalty", self.repetition_penalty),
+            "seed": kwargs.get("seed", self.seed),
+            "stop": stop if stop is not None else self.stop,
+        }
+        return {k: v for k, v in settings.items() if v is not None}
+
+    def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]):
+        """The reply as chunks: one per streamed piece, then a last one with usage and metadata."""
+        session = self.get_session(kwargs.get("session_id"))
+        pieces = session.stream_messages(to_history(messages), **self._generation(stop, kwargs))
+        try:
+            for piece in pieces:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        finally:
+            pieces.close()
+        sync, turn = session.last_sync, session.lm.last_turn
+        reused = sync.reused_tokens if sync else 0
+        prefilled = (sync.prefilled_tokens if sync else 0) + turn.prefilled_tokens
+        usage = UsageMetadata(
+            input_tokens=reused + prefilled,
+            output_tokens=turn.generated_tokens,
+            total_tokens=reused + prefilled + turn.generated_tokens,
+            input_token_details={"cache_read": reused},
+        )
+        metadata = {
+            "model_name": self._model_name(),
+            "model_provider": "streamrag",
+            "session_id": session.session_id,
+            "finish_reason": turn.stop_reason,
+            "rebuilt": bool(sync and sync.rebuilt),
+            "prefilled_tokens": prefilled,
+        }
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(content="", usage_metadata=usage, response_metadata=metadata, chunk_position="last"),
+            generation_info={"finish_reason": turn.stop_reason},
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for chunk in self._chunks(messages, stop, kwargs):
+            if run_manager and chunk.text:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        chunks = list(self._chunks(messages, stop, kwargs))
+        return _result(chunks)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        # The model runs on CPU/GPU in a worker thread, one step per chunk, so the event loop stays free.
+        chunks = self._chunks(messages, stop, kwargs)
+        try:
+            while (chunk := await run_in_executor(None, next, chunks, _DONE)) is not _DONE:
+                if run_manager and chunk.text:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            await run_in_executor(None, chunks.close)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        chunks = await run_in_executor(None, lambda: list(self._chunks(messages, stop, kwargs)))
+        return _result(chunks)
+
+
+def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
+    last = chunks[-1].message
+    text = "".join(c.message.content for c in chunks)
+    message = AIMessage(content=text, usage_metadata=last.usage_metadata, response_metadata=last.response_metadata)
+    return ChatResult(generations=[ChatGeneration(message=message, generation_info=chunks[-1].generation_info)])

@@ -1,0 +1,62 @@
+"""Map a client's whole message list onto a persistent session: extend it, or rebuild it.
+
+Chat frameworks (LangChain, LlamaIndex) send the entire conversation on every
+call. A streamrag session keeps its KV cache between calls, so feeding the
+whole list again would throw away the point of the cache. :func:`plan_sync`
+compares what the session already holds with what the client sent:
+
+* the incoming list starts with everything the session holds: only the new
+  messages at its end are fed (no re-prefill);
+* anything else (an edited message, a shorter list, another conversation):
+  the session is rebuilt from the incoming list.
+
+Messages whose content is empty or blank are left out on both sides: the
+engine refuses to feed them, so they can never be part of what a session holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """One message of a conversation, as a client sees it: a role and its text."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What to do with an incoming message list: feed ``new`` on top, or rebuild from it."""
+
+    rebuild: bool
+    new: tuple[HistoryMessage, ...]
+
+
+def normalise(messages: Iterable[HistoryMessage | tuple[str, str] | Mapping[str, str]]) -> list[HistoryMessage]:
+    """Accept ``HistoryMessage``, ``(role, content)`` pairs or ``{"role", "content"}`` dicts; drop blank ones."""
+    result: list[HistoryMessage] = []
+    for message in messages:
+        if isinstance(message, HistoryMessage):
+            item = message
+        elif isinstance(message, Mapping):
+            item = HistoryMessage(str(message["role"]), message["content"])
+        else:
+            role, content = message
+            item = HistoryMessage(str(role), content)
+        if isinstance(item.content, str) and not item.content.strip():
+            continue
+        result.append(item)
+    return result
+
+
+def plan_sync(held: Iterable, incoming: Iterable) -> SyncPlan:
+    """Extend when ``incoming`` starts with all of ``held``; otherwise rebuild from ``incoming``."""
+    held = normalise(held)
+    incoming = normalise(incoming)
+    if len(incoming) >= len(held) and incoming[: len(held)] == held:
+        return SyncPlan(rebuild=False, new=tuple(incoming[len(held) :]))
+    return SyncPlan(rebuild=True, new=tuple(incoming))

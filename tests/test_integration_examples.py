@@ -1,0 +1,73 @@
+"""The examples under integrations/examples run, offline, and show what they promise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langchain_core")
+pytest.importorskip("llama_index.core")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "integrations" / "examples"
+
+
+@pytest.fixture
+def examples(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import importlib
+
+    return lambda name: importlib.import_module(name)
+
+
+@pytest.fixture
+def small_window(make_resources):
+    """The cache of configs/small-window.yaml (4 + 508 tokens) around the shared model, under tmp_path."""
+    return make_resources(cache={"sink_tokens": 4, "window_tokens": 508, "evict_chunk": 32})
+
+
+def test_lcel_chat_streams_in_one_session(examples, small_window):
+    replies = examples("langchain_lcel_chat").main(resources=small_window, max_tokens=12)
+    assert len(replies) == 3 and all(replies)
+    session = small_window.session("lcel-demo")
+    assert not session.last_sync.rebuilt and session.last_sync.fed == 0
+    assert [m.role for m in session.history()] == ["system"] + ["user", "assistant"] * 3
+
+
+def test_langchain_rag_chain_retrieves_the_evicted_fact(examples, small_window):
+    docs, answer = examples("langchain_rag_history").main(resources=small_window, max_tokens=12, exchanges=20)
+    assert small_window.session("rag-demo").lm.stats().evicted_tokens > 0
+    assert "Trondheim" in docs[0].page_content and answer
+
+
+def test_llamaindex_chat_engine_extends_its_session(examples, small_window):
+    replies = examples("llamaindex_chat_engine").main(resources=small_window, max_new_tokens=12)
+    assert len(replies) == 2 and all(replies)
+    session = small_window.session("llamaindex-demo")
+    assert not session.last_sync.rebuilt
+
+
+def test_llamaindex_query_engine_answers_from_the_archive(examples, small_window):
+    response = examples("llamaindex_query_archive").main(resources=small_window, max_new_tokens=16, exchanges=20)
+    assert "Trondheim" in response.source_nodes[0].node.get_content()
+    assert str(response).strip()
+
+
+def test_an_example_runs_as_a_script_on_the_embedded_defaults(embedded, data_dir, tmp_path):
+    """A fresh process with only STREAMRAG_HOME set: embedded model and embedder, default config."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(Path(data_dir) / "models")  # reuse this session's converted model
+    env = {**os.environ, "STREAMRAG_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "llamaindex_chat_engine.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "> What do I love?" in done.stdout and "rebuilt=False" in done.stdout

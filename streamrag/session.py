@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamrag.archive import Archive, Memory
-from streamrag.config import StreamRAGConfig
-from streamrag.engine import CacheStats, MessageError, StreamingLM
+from streamrag.config import ConfigError, StreamRAGConfig, set_dotted
+from streamrag.engine import CacheStats, MessageError, StreamingLM, TurnStats
 from streamrag.history import HistoryMessage, normalise, plan_sync
 from streamrag.recall import RecallPolicy, RecallResult
 from streamrag.transcript import Transcript
@@ -31,6 +31,9 @@ from streamrag.transcript import Transcript
 logger = logging.getLogger(__name__)
 
 MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcript (never re-fed)
+# What one session may set for itself; the model, archive and data directory are shared by all sessions.
+SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
+TITLE_CHARS = 60
 _SHARED: dict[str, Resources] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -77,11 +80,13 @@ class Resources:
                 _SHARED[key] = cls.load(config)
             return _SHARED[key]
 
-    def session(self, session_id: str | None = None) -> Assistant:
+    def session(self, session_id: str | None = None, settings: dict | None = None) -> Assistant:
         """The one :class:`Assistant` of this process for ``session_id`` (a new id when ``None``).
 
         Opened on first use, resumed from the transcript when the session is
         stored there, then reused: two handles on one id share one KV cache.
+        ``settings`` (dotted overrides, see :class:`Assistant`) apply to a new
+        session only; a stored one keeps the settings it was created with.
         """
         with self._assistants_lock:
             assistant = self._assistants.get(session_id) if session_id else None
@@ -90,9 +95,21 @@ class Resources:
                 if stored:
                     assistant = Assistant.resume(session_id, resources=self)
                 else:
-                    assistant = Assistant(self, session_id)
+                    assistant = Assistant(self, session_id, settings=settings)
                 self._assistants[assistant.session_id] = assistant
             return assistant
+
+
+def session_config(base: StreamRAGConfig, settings: dict | None) -> StreamRAGConfig:
+    """``base`` with one session's dotted overrides applied; shared sections may not be overridden."""
+    if not settings:
+        return base
+    data = base.model_dump()
+    for dotted, value in settings.items():
+        if not dotted.startswith(SESSION_SETTINGS):
+            raise ConfigError(f"{dotted}: not a per-session setting; sessions may set cache.*, generation.*, recall.*")
+        set_dotted(data, dotted, value)
+    return StreamRAGConfig.from_dict(data, source="session settings")
 
 
 @dataclass(frozen=True)
@@ -129,13 +146,28 @@ class Assistant:
     >>> assistant.last_recall.memories               # and you can see why
     """
 
-    def __init__(self, resources: Resources, session_id: str | None = None, title: str | None = None):
+    def __init__(
+        self,
+        resources: Resources,
+        session_id: str | None = None,
+        title: str | None = None,
+        settings: dict | None = None,
+    ):
+        """``settings`` are dotted overrides of this session's own config (``{"cache.window_tokens": 508}``).
+
+        Only ``cache.*``, ``generation.*``, ``recall.*`` and ``system_prompt`` may
+        differ between sessions (they share the model and archive). They are
+        stored with the session, so a resumed session keeps its window size.
+        """
         self.resources = resources
-        self.config = resources.config
         self.archive = resources.archive
         self.transcript = resources.transcript
         self.session_id = session_id or uuid.uuid4().hex
-        self.transcript.create_session(self.session_id, title=title)
+        meta = {"settings": dict(settings)} if settings else None
+        info = self.transcript.create_session(self.session_id, title=title, meta=meta)
+        self.settings: dict = dict(info.meta.get("settings") or {})
+        self.config = session_config(resources.config, self.settings)
+        self._titled = info.title is not None
         self.lm = StreamingLM(resources.model, resources.tokenizer, self.config, session_id=self.session_id)
         self.lm.on_evict(self.archive.write)
         self.recall_policy = RecallPolicy(
@@ -146,6 +178,7 @@ class Assistant:
         self._started = False
         self.last_sync: SyncResult | None = None
         self._messages_lock = threading.Lock()  # one whole-list call (sync + reply) at a time
+        self._stop = threading.Event()  # set by stop(): the reply in progress ends after its current token
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -181,6 +214,10 @@ class Assistant:
         """
         messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
         if not messages:
+            with self.resources.lock:
+                self.lm.reset()
+            self._last_reply_text = None
+            self._started = False
             return
         opening = messages[0] if messages[0].role == "system" else None
         rest = messages[1:] if opening else messages
@@ -221,6 +258,8 @@ class Assistant:
         self._start()
         turn = self.lm.turn + 1 if role == "user" else self.lm.turn
         stored = self.transcript.append(self.session_id, role, text, turn)
+        if role == "user":
+            self._title_from(text)
         try:
             with self.resources.lock:
                 self.lm.add_message(role, text, message_id=stored.message_id, turn=turn)
@@ -237,9 +276,11 @@ class Assistant:
         self._start()
         turn = self.lm.turn + 1
         stored = self.transcript.append(self.session_id, "user", text, turn)
+        self._title_from(text)
         pieces: list[str] = []
         reply_id: str | None = None
         with self.resources.lock:
+            self._stop.clear()
             try:
                 result = self.recall_policy.recall(
                     self.session_id, text, self._last_reply_text, self.lm.ledger.resident_ranges()
@@ -257,12 +298,13 @@ class Assistant:
                 raise
             reply_id = self.lm.last_reply.message_id if self.lm.last_reply else None
             try:
-                if first is not None:
-                    pieces.append(first)
-                    yield first
-                for piece in stream:
+                piece = first
+                # stop() is checked before asking for the next token, so every token the cache holds
+                # is also in the reply that the transcript records.
+                while piece is not None:
                     pieces.append(piece)
                     yield piece
+                    piece = None if self._stop.is_set() else next(stream, None)
             finally:
                 stream.close()
                 reply = "".join(pieces)
@@ -274,6 +316,57 @@ class Assistant:
     def chat(self, text: str, **generation) -> str:
         return "".join(self.stream(text, **generation))
 
+    def stop(self) -> None:
+        """End the reply being streamed after its current token (a stop button; safe from any thread).
+
+        The partial reply is kept, in the cache and in the transcript alike,
+        with ``stop_reason`` "interrupted". A reply that starts later is not affected.
+        """
+        self._stop.set()
+
+    def undo(self) -> str | None:
+        """Take back the last exchange: the last user message and everything after it.
+
+        Transcript rows, the injected memory block and any memories archived
+        from those messages are deleted, and the cache is rebuilt from what
+        remains (as :meth:`resume` does), so cache and transcript agree again.
+        Returns the user message taken back (``None`` if there was none).
+        """
+        stored = self.transcript.messages(self.session_id)
+        last_user = next((m for m in reversed(stored) if m.role == "user"), None)
+        if last_user is None:
+            return None
+        removed = {m.message_id for m in stored if m.seq >= last_user.seq}
+        self.transcript.truncate_after(self.session_id, last_user.seq - 1)
+        for memory in self.archive.list(self.session_id):
+            if memory.message_id in removed:
+                self.archive.forget(self.session_id, memory.chunk_id)
+        self.last_recall = None
+        self._rebuild()
+        logger.info("session %s: took back the exchange from turn %d", self.session_id, last_user.turn)
+        return last_user.content
+
+    def regenerate(self, **generation) -> Iterator[str]:
+        """Answer the last user message again: :meth:`undo` it, then :meth:`stream` it anew (recall included)."""
+        text = self.undo()
+        if text is None:
+            raise MessageError("nothing to regenerate: the session has no user message")
+        yield from self.stream(text, **generation)
+
+    @property
+    def last_turn(self) -> TurnStats:
+        """Tokens prefilled and generated by the last reply, and its speed (tokens per second)."""
+        return self.lm.last_turn
+
+    def _title_from(self, text: str) -> None:
+        """A session without a title is named after its first user message (for session lists)."""
+        if self._titled:
+            return
+        line = " ".join(text.split())
+        title = line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+        self.transcript.rename_session(self.session_id, title)
+        self._titled = True
+
     def stream_reply(self, **generation) -> Iterator[str]:
         """Answer the messages added so far, whatever the last one's role (no recall: there is no new query)."""
         self._start()
@@ -281,9 +374,13 @@ class Assistant:
         before = self.lm.last_reply
         pieces: list[str] = []
         with self.resources.lock:
+            self._stop.clear()
             stream = self.lm.stream_reply(**generation)
             try:
-                for piece in stream:
+                while not self._stop.is_set():
+                    piece = next(stream, None)
+                    if piece is None:
+                        break
                     pieces.append(piece)
                     yield piece
             finally:
@@ -389,9 +486,13 @@ class Assistant:
         return self.archive.forget(self.session_id, chunk_id)
 
     def forget_session(self) -> None:
-        """Delete this session everywhere: archive, transcript and cache."""
+        """Delete this session everywhere: archive, transcript and cache (and the process's handle on it)."""
         self.archive.forget(self.session_id)
         self.transcript.delete_session(self.session_id)
-        self.lm.reset()
+        with self.resources._assistants_lock:
+            if self.resources._assistants.get(self.session_id) is self:
+                del self.resources._assistants[self.session_id]
+        with self.resources.lock:
+            self.lm.reset()
         self._last_reply_text = None
         self.last_recall = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -92,6 +92,19 @@ class CacheSettings(_Section):
         default=64, gt=0, description="Evict at least this many tokens at once, amortising re-rotation cost."
     )
     prefill_chunk: int = Field(default=512, gt=0, description="Longest piece of a message prefilled in one pass.")
+    position_mode: Literal["shift", "self_extend"] = Field(
+        default="shift",
+        description=(
+            "'shift': keys sit at cache-relative positions, the cache stays within the trained length. "
+            "'self_extend': distant keys get grouped positions (Self-Extend), so the window may exceed it."
+        ),
+    )
+    group_size: int = Field(
+        default=4, ge=1, description="Self-Extend: keys beyond neighbor_window share one position per this many."
+    )
+    neighbor_window: int = Field(
+        default=1024, gt=0, description="Self-Extend: the nearest keys that keep their exact relative positions."
+    )
 
     @field_validator("window_tokens")
     @classmethod

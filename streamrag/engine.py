@@ -12,6 +12,7 @@ raises stops the eviction and the turn, with the cache unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -33,6 +34,7 @@ from streamrag.detokenize import StopMatcher, StreamDecoder
 from streamrag.ledger import EvictionSubscriber, Ledger, MessageRef
 from streamrag.prompt import ChatFormat, RenderedMessage
 from streamrag.rope import key_rotation_for
+from streamrag.self_extend import SelfExtend, applied, self_extend_for
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ _FLAT_SETTINGS = {
     "window_tokens": "cache.window_tokens",
     "evict_chunk": "cache.evict_chunk",
     "prefill_chunk": "cache.prefill_chunk",
+    "position_mode": "cache.position_mode",
+    "group_size": "cache.group_size",
+    "neighbor_window": "cache.neighbor_window",
     "device": "model.device",
     "dtype": "model.dtype",
     "gguf_file": "model.gguf_file",
@@ -115,7 +120,17 @@ class StreamingLM:
         text_config = model.config.get_text_config(decoder=True)
         self.num_layers = text_config.num_hidden_layers
         self.max_position_embeddings = getattr(text_config, "max_position_embeddings", None)
-        if self.max_position_embeddings and cache_settings.capacity > self.max_position_embeddings:
+        # Self-Extend (optional) lets the cache outgrow the trained length; checked here, where the model is known.
+        self.self_extend: SelfExtend | None = None
+        if cache_settings.position_mode == "self_extend":
+            self.self_extend = self_extend_for(
+                model,
+                self.rotation,
+                cache_settings.capacity,
+                cache_settings.group_size,
+                cache_settings.neighbor_window,
+            )
+        elif self.max_position_embeddings and cache_settings.capacity > self.max_position_embeddings:
             logger.warning(
                 "cache holds %d tokens but the model was trained on %d positions; expect degraded output",
                 cache_settings.capacity,
@@ -337,14 +352,24 @@ class StreamingLM:
         input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         length = self.cache.get_seq_length()
         try:
-            out = self.model(
-                input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=0 if all_logits else 1
-            )
+            with self._attention():
+                out = self.model(
+                    input_ids=input_ids,
+                    past_key_values=self.cache,
+                    use_cache=True,
+                    logits_to_keep=0 if all_logits else 1,
+                )
         except BaseException:
             # Undo a partial update (some layers appended, others not) so cache and ledger agree again.
             self._truncate(length)
             raise
         return out.logits[0].float()
+
+    def _attention(self) -> contextlib.AbstractContextManager:
+        """Self-Extend attention for this engine's forward passes only; the model's own otherwise."""
+        if self.self_extend is None:
+            return contextlib.nullcontext()
+        return applied(self.model, self.self_extend)
 
     def _truncate(self, length: int) -> None:
         for layer in self.cache.layers:

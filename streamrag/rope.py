@@ -89,6 +89,25 @@ class KeyRotation:
             return moved
         return torch.cat((moved, keys[..., self.rotary_dim :]), dim=-1)
 
+    def rotate(self, x: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+        """Move each position of ``x`` (``[..., seq, head_dim]``) by its own ``deltas[i]`` (1-D, ``seq`` long).
+
+        The per-position form of :meth:`shift`, for Self-Extend's grouped
+        positions; works on queries as well as keys, since both carry RoPE the same way.
+        """
+        if x.shape[-2] == 0:
+            return x
+        angles = deltas.to(device=x.device, dtype=torch.float64)[:, None] * self.inv_freq.to(
+            device=x.device, dtype=torch.float64
+        )
+        angles = torch.cat((angles, angles), dim=-1)  # [seq, rotary_dim]
+        cos, sin = angles.cos().float(), angles.sin().float()
+        rot = x[..., : self.rotary_dim].float()
+        moved = (rot * cos + rotate_half(rot) * sin).to(x.dtype)
+        if self.rotary_dim == x.shape[-1]:
+            return moved
+        return torch.cat((moved, x[..., self.rotary_dim :]), dim=-1)
+
 
 def _rope_parameters(config) -> dict:
     """The flat RoPE parameter dict (the full-attention entry for per-layer-type configs)."""

@@ -287,7 +287,9 @@ class Assistant:
                 )
                 self.last_recall = result
                 if result.block:
-                    self.lm.add_message("system", result.block, archive=False, turn=turn)
+                    # Recorded under the previous turn in the cache: the user message that follows opens
+                    # ``turn`` (the engine numbers a user message one past the last message's turn).
+                    self.lm.add_message("system", result.block, archive=False, turn=turn - 1)
                     self.transcript.append(self.session_id, MEMORY_ROLE, result.block, turn)
                 stream = self.lm.stream_chat(text, message_id=stored.message_id, **generation)
                 first = next(stream, None)

@@ -118,3 +118,18 @@ def test_forget_session_drops_the_registry_handle(make_resources):
     assistant.chat("Hello.")
     assistant.forget_session()
     assert resources.session(assistant.session_id) is not assistant
+
+
+def test_turn_numbers_stay_in_step_after_a_recall(make_resources):
+    # A recalled memory block must not advance the turn: archive, transcript and panel share one numbering.
+    assistant = Assistant(make_resources(recall={"top_k": 3, "budget_fraction": 0.3}))
+    assistant.add_message("user", "My locker code at the gym is 5521.")
+    assistant.add_message("assistant", "Got it.")
+    for role, content in filler_history(1.5, assistant.lm.cache.capacity):
+        assistant.add_message(role, content)
+    assistant.chat("What is my gym locker code?")
+    assert assistant.last_recall.block
+    users = [m for m in assistant.transcript.messages(assistant.session_id) if m.role == "user"]
+    assert assistant.lm.turn == users[-1].turn == len(users)
+    assistant.chat("Thanks.")
+    assert assistant.lm.turn == len(users) + 1

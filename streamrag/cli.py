@@ -1,4 +1,4 @@
-"""The ``streamrag`` command: chat in the terminal, one-shot generation, benchmarks.
+"""The ``streamrag`` command: chat in the terminal, the web app (serve), one-shot generation, benchmarks.
 
 Every command takes ``--config`` (a YAML file, default ``configs/default.yaml``
 when present) plus flags that override single settings, and errors print as
@@ -146,6 +146,50 @@ def chat(
             out.print()
             console.print("[dim](interrupted)[/dim]")
     console.print(f"[dim]resume with: streamrag chat --session {assistant.session_id}[/dim]")
+
+
+@app.command()
+def serve(
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the app to your network."),
+    port: int = typer.Option(7860, help="Port of the web app."),
+    share: bool = typer.Option(False, "--share", help="Also open a public Gradio share link (off by default)."),
+    window_tokens: int | None = typer.Option(None, help="Default rolling window for new sessions."),
+    sink_tokens: int | None = typer.Option(None, help="Default attention-sink tokens for new sessions."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """The Gradio app: streaming chat, memory panel, sessions, archive (http://127.0.0.1:7860)."""
+    _setup_logging(verbose)
+    cfg = load_config(
+        config,
+        **{
+            "model.spec": model,
+            "cache.window_tokens": window_tokens,
+            "cache.sink_tokens": sink_tokens,
+            "model.device": device,
+            "model.dtype": dtype,
+        },
+    )
+    try:
+        from streamrag_app import launch
+    except ImportError as exc:
+        console.print(f"[red]error:[/red] the app needs its extra: pip install 'streamrag[app]' ({exc})")
+        raise typer.Exit(1) from None
+    from streamrag.archive import ArchiveUnavailable
+    from streamrag.models import ModelLoadError
+    from streamrag.rope import UnsupportedModelError
+    from streamrag.session import Resources
+
+    try:
+        with console.status("loading models..."):
+            resources = Resources.load(cfg)
+    except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    launch(cfg, host=host, port=port, share=share, resources=resources)
 
 
 @app.command()

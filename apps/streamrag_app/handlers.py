@@ -1,0 +1,190 @@
+"""What each control of the app does, as plain functions of (inputs, tab state).
+
+Generation runs in a worker thread that feeds a queue: the Gradio handler
+only reads from it. If the handler is abandoned (the tab closed, the event
+cancelled) the worker is told to :meth:`~streamrag.session.Assistant.stop`,
+so the shared model's lock is always released and the transcript keeps
+exactly the text that was streamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import gradio as gr
+
+from streamrag.archive import ArchiveUnavailable
+from streamrag.config import ConfigError
+from streamrag.engine import MessageError
+from streamrag.session import Assistant
+from streamrag_app.panel import panel_data, panel_html
+from streamrag_app.sessions import SETTING_FIELDS, SessionRegistry, new_state
+
+logger = logging.getLogger(__name__)
+_DONE = object()
+SEARCH_HEADERS = ["chunk id", "turn", "role", "score", "text"]
+
+
+def stream_in_worker(assistant: Assistant, make_stream: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """Yield the reply so far, each time new pieces arrive; errors from the worker are re-raised here."""
+    pieces: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            for piece in make_stream():
+                pieces.put(piece)
+        except BaseException as exc:  # handed to the reader, which raises it in the request
+            pieces.put(exc)
+        finally:
+            pieces.put(_DONE)
+
+    threading.Thread(target=work, name=f"reply-{assistant.session_id[:8]}", daemon=True).start()
+    text = ""
+    finished = False
+    try:
+        while not finished:
+            batch = [pieces.get()]
+            while not pieces.empty():  # coalesce what arrived while the browser was being updated
+                batch.append(pieces.get_nowait())
+            for item in batch:
+                if item is _DONE:
+                    finished = True
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    text += item
+            yield text
+    finally:
+        if not finished:
+            assistant.stop()
+
+
+class Handlers:
+    """The app's event handlers, bound to one process's shared :class:`Resources`."""
+
+    def __init__(self, registry: SessionRegistry):
+        self.registry = registry
+
+    def _panel(self, assistant: Assistant | None) -> tuple[str, dict]:
+        data = panel_data(assistant)
+        return panel_html(data), data
+
+    def _sessions_update(self, state: dict):
+        return gr.update(choices=self.registry.choices(), value=state.get("session_id"))
+
+    # -- chat -------------------------------------------------------------
+    def respond(self, message: str, history: list | None, state: dict | None, *settings) -> Iterator[tuple]:
+        """Answer one message, streaming; outputs: textbox, chat, panel html, panel json, sessions, state."""
+        state = dict(state or new_state())
+        history = list(history or [])
+        if not message or not message.strip():
+            html, data = self._panel(self.registry.current(state))
+            yield message, history, html, data, self._sessions_update(state), state
+            return
+        try:
+            assistant = self.registry.ensure(state, dict(zip(SETTING_FIELDS, settings)))
+        except ConfigError as exc:
+            raise gr.Error(str(exc)) from None
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        yield from self._stream(assistant, lambda: assistant.stream(message), "", history, state)
+
+    def regenerate(self, history: list | None, state: dict | None) -> Iterator[tuple]:
+        """Answer the last user message again (the old reply and its memories are taken back first)."""
+        state = dict(state or new_state())
+        assistant = self.registry.current(state)
+        history = self.registry.chat_history(assistant)
+        last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), None)
+        if assistant is None or last_user is None:
+            raise gr.Error("Nothing to regenerate yet.")
+        while history and history[-1]["role"] != "user":
+            history.pop()
+        history.append({"role": "assistant", "content": ""})
+        yield from self._stream(assistant, assistant.regenerate, "", history, state)
+
+    def _stream(self, assistant: Assistant, make_stream, textbox: str, history: list, state: dict) -> Iterator[tuple]:
+        html, data = self._panel(assistant)
+        sessions = self._sessions_update(state)
+        yield textbox, history, html, data, sessions, state
+        try:
+            for text in stream_in_worker(assistant, make_stream):
+                history[-1] = {"role": "assistant", "content": text}
+                yield textbox, history, html, data, gr.skip(), state
+        except (MessageError, ArchiveUnavailable) as exc:
+            raise gr.Error(str(exc)) from None
+        history = self.registry.chat_history(assistant)
+        html, data = self._panel(assistant)
+        yield textbox, history, html, data, self._sessions_update(state), state
+
+    def stop(self, state: dict | None) -> None:
+        assistant = self.registry.current(state or {})
+        if assistant is not None:
+            assistant.stop()
+
+    def undo(self, state: dict | None) -> tuple:
+        """Take back the last exchange; its message returns to the textbox for editing."""
+        state = dict(state or new_state())
+        assistant = self.registry.current(state)
+        text = assistant.undo() if assistant is not None else None
+        html, data = self._panel(assistant)
+        return text or "", self.registry.chat_history(assistant), html, data, self._sessions_update(state), state
+
+    # -- sessions -----------------------------------------------------------
+    def new_session(self, state: dict | None) -> tuple:
+        """A fresh tab state; the session is stored with the current settings on its first message."""
+        state = new_state()
+        html, data = self._panel(None)
+        return "", [], html, data, self._sessions_update(state), state
+
+    def switch(self, session_id: str | None, state: dict | None) -> tuple:
+        """Continue a stored session (resumed from the transcript if this process has not opened it)."""
+        state = dict(state or new_state())
+        if not session_id:
+            return self.new_session(state)
+        if self.registry.resources.transcript.get_session(session_id) is None:
+            raise gr.Error(f"No session {session_id!r}.")
+        state["session_id"] = session_id
+        assistant = self.registry.current(state)
+        html, data = self._panel(assistant)
+        return "", self.registry.chat_history(assistant), html, data, self._sessions_update(state), state
+
+    def refresh_sessions(self, state: dict | None):
+        return self._sessions_update(state or new_state())
+
+    # -- archive ------------------------------------------------------------
+    def search(self, query: str, k: float, state: dict | None) -> list[list]:
+        """The session's archive: the best matches for ``query``, or every memory when it is empty."""
+        assistant = self.registry.current(state or {})
+        if assistant is None:
+            return []
+        if query and query.strip():
+            memories = assistant.search(query, k=int(k))
+        else:
+            memories = assistant.archive.list(assistant.session_id)
+        return [[m.chunk_id, m.turn, m.role, round(m.score, 4), m.text] for m in memories]
+
+    def forget(self, chunk_id: str, query: str, k: float, state: dict | None) -> tuple[str, list[list]]:
+        """Delete one memory by chunk id; returns a status line and the refreshed results."""
+        assistant = self.registry.current(state or {})
+        if assistant is None or not chunk_id:
+            return "Pick a memory first.", self.search(query, k, state)
+        deleted = assistant.forget(chunk_id.strip())
+        status = f"Forgot {chunk_id}." if deleted else f"No memory {chunk_id} in this session."
+        return status, self.search(query, k, state)
+
+    def forget_session(self, state: dict | None) -> tuple:
+        """Delete the tab's session everywhere (archive, transcript, cache); the tab starts afresh."""
+        assistant = self.registry.current(state or {})
+        if assistant is not None:
+            assistant.forget_session()
+        return ("Session deleted." if assistant else "No session yet."), [], *self.new_session(None)
+
+    @staticmethod
+    def pick(rows, evt: gr.SelectData) -> str:
+        """Clicking a result row fills in its chunk id for Forget."""
+        try:
+            return str(rows.iloc[evt.index[0], 0]) if hasattr(rows, "iloc") else str(rows[evt.index[0]][0])
+        except (IndexError, KeyError, TypeError):
+            return ""

@@ -1,0 +1,98 @@
+"""The memory panel: what came back for this turn and how full the cache is.
+
+Two views of one dict: :func:`panel_data` (JSON, what tests and API clients
+read) and :func:`panel_html` (the gauge and memory cards a person reads).
+"""
+
+from __future__ import annotations
+
+import html
+
+from streamrag.session import Assistant
+
+
+def panel_data(assistant: Assistant | None) -> dict:
+    """The memory panel's data for one session; an empty panel before the first message."""
+    if assistant is None:
+        return {"session_id": None, "cache": None, "archived_chunks": 0, "recalled": [], "tokens_per_second": 0.0}
+    stats = assistant.stats()
+    cache = stats.cache
+    sinks = min(cache.sink_tokens, cache.cache_tokens)
+    turn = assistant.last_turn
+    return {
+        "session_id": assistant.session_id,
+        "turn": assistant.lm.turn,
+        "cache": {
+            "sink_tokens": sinks,
+            "sink_capacity": cache.sink_tokens,
+            "window_fill": cache.cache_tokens - sinks,
+            "window_tokens": cache.window_tokens,
+            "cache_tokens": cache.cache_tokens,
+            "capacity": cache.capacity,
+            "evicted_tokens": cache.evicted_tokens,
+            "evictions": cache.evictions,
+        },
+        "archived_chunks": stats.archived_chunks,
+        "recalled": [
+            {
+                "text": m.text,
+                "turn": m.turn,
+                "role": m.role,
+                "score": round(m.score, 4),
+                "similarity": None if m.similarity is None else round(m.similarity, 3),
+                "lexical_score": None if m.lexical_score is None else round(m.lexical_score, 2),
+                "chunk_id": m.chunk_id,
+            }
+            for m in assistant.recalled
+        ],
+        "tokens_per_second": round(turn.tokens_per_second, 1),
+        "generated_tokens": turn.generated_tokens,
+        "prefilled_tokens": turn.prefilled_tokens,
+        "stop_reason": turn.stop_reason,
+        "settings": assistant.settings,
+    }
+
+
+def panel_html(data: dict) -> str:
+    """The gauge (sinks | window fill | free) and the recalled memories as cards."""
+    cache = data.get("cache")
+    if not cache:
+        return (
+            "<div class='srag-panel'><p><b>Memory</b></p><p class='srag-dim'>Send a message to start a session. "
+            "When the window overflows, old text is archived and recalled here when it matters.</p></div>"
+        )
+    capacity = max(cache["capacity"], 1)
+    sink_pct = 100 * cache["sink_tokens"] / capacity
+    fill_pct = 100 * cache["window_fill"] / capacity
+    recalled = data["recalled"]
+    cards = "".join(
+        f"<div class='srag-memory'><div class='srag-dim'>turn {m['turn']} · {html.escape(m['role'])} · "
+        f"score {m['score']:.3f}</div><div>{html.escape(m['text'])}</div></div>"
+        for m in recalled
+    )
+    if not cards:
+        cards = "<p class='srag-dim'>Nothing recalled for this turn.</p>"
+    return (
+        "<div class='srag-panel'>"
+        f"<p><b>Cache</b> {cache['cache_tokens']} / {cache['capacity']} tokens "
+        f"<span class='srag-dim'>after turn {data['turn']}</span></p>"
+        "<div class='srag-gauge'>"
+        f"<span class='srag-sinks' style='width:{sink_pct:.2f}%'></span>"
+        f"<span class='srag-window' style='width:{fill_pct:.2f}%'></span>"
+        "</div>"
+        f"<p class='srag-dim'>sinks {cache['sink_tokens']}/{cache['sink_capacity']} · window "
+        f"{cache['window_fill']}/{cache['window_tokens']} · evicted {cache['evicted_tokens']} tokens "
+        f"({cache['evictions']} evictions) · archived {data['archived_chunks']} chunks · "
+        f"{data['tokens_per_second']:.1f} tok/s last reply</p>"
+        f"<p><b>Recalled this turn</b> ({len(recalled)})</p>{cards}"
+        "</div>"
+    )
+
+
+CSS = """
+.srag-gauge { display: flex; height: 14px; border-radius: 7px; background: #e5e7eb; overflow: hidden; }
+.srag-sinks { background: #f59e0b; }
+.srag-window { background: #3b82f6; }
+.srag-dim { color: #6b7280; font-size: 0.85em; }
+.srag-memory { border-left: 3px solid #10b981; padding: 4px 8px; margin: 6px 0; background: rgba(16,185,129,.07); }
+"""

@@ -1,0 +1,140 @@
+"""The layout: chat on the left, the memory panel on the right; archive and settings tabs.
+
+One :class:`~streamrag.session.Resources` (the model, loaded once) serves every
+browser tab. Everything that runs the model (reply, regenerate, undo, switching
+to a stored session) shares one Gradio concurrency group of size one, so a
+second tab waits in Gradio's queue and sees its position instead of racing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from streamrag.config import StreamRAGConfig  # noqa: E402
+from streamrag.session import Resources  # noqa: E402
+from streamrag_app.handlers import SEARCH_HEADERS, Handlers  # noqa: E402
+from streamrag_app.panel import CSS, panel_data, panel_html  # noqa: E402
+from streamrag_app.sessions import SessionRegistry, new_state  # noqa: E402
+
+logger = logging.getLogger(__name__)
+MODEL_GROUP = "model"  # concurrency id of every event that runs the shared model
+
+INTRO = (
+    "### streamrag: a chat that remembers what left its window\n"
+    "The model keeps only the first few tokens (*attention sinks*) and a rolling window in its KV cache. "
+    "Text that falls out of the window is archived, and recalled into the context when a later message needs it. "
+    "Watch the **memory panel**: the gauge fills, evictions are archived, and old facts come back."
+)
+
+
+def build_app(resources: Resources) -> gr.Blocks:
+    """The app around already-loaded resources (tests pass a small in-process config)."""
+    registry = SessionRegistry(resources)
+    handlers = Handlers(registry)
+    defaults = registry.defaults()
+    model_limit = {"concurrency_limit": 1, "concurrency_id": MODEL_GROUP}
+
+    with gr.Blocks(title="streamrag", analytics_enabled=False) as demo:
+        state = gr.State(new_state())
+        gr.Markdown(INTRO)
+        with gr.Tab("Chat"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="chat")
+                    textbox = gr.Textbox(placeholder="Say something, then ask about it much later…", show_label=False)
+                    with gr.Row():
+                        send = gr.Button("Send", variant="primary", elem_id="send")
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                        regenerate = gr.Button("Regenerate")
+                        undo = gr.Button("Undo")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        sessions = gr.Dropdown(
+                            choices=registry.choices(),
+                            label="Past sessions",
+                            interactive=True,
+                            allow_custom_value=True,  # a new session is listed once it holds a message
+                            scale=3,
+                        )
+                        new = gr.Button("New session", scale=1)
+                    empty = panel_data(None)
+                    memory_html = gr.HTML(panel_html(empty), elem_id="memory-panel")
+                    with gr.Accordion("Memory panel data (JSON)", open=False):
+                        memory_json = gr.JSON(empty, label="panel")
+        with gr.Tab("Archive"):
+            gr.Markdown("Search this session's archive (empty query lists every memory). Click a row to pick it.")
+            with gr.Row():
+                query = gr.Textbox(label="Query", scale=4)
+                top_k = gr.Slider(1, 50, value=10, step=1, label="Results", scale=1)
+                search = gr.Button("Search", scale=1)
+            results = gr.Dataframe(headers=SEARCH_HEADERS, interactive=False, wrap=True, label="Memories")
+            with gr.Row():
+                chunk_id = gr.Textbox(label="Chunk id", scale=4)
+                forget = gr.Button("Forget this memory", scale=1)
+                forget_all = gr.Button("Forget the whole session", variant="stop", scale=1)
+            archive_status = gr.Markdown()
+        with gr.Tab("Settings"):
+            gr.Markdown("For **new sessions** (press *New session*); a session keeps the settings it began with.")
+            window = gr.Slider(64, 8188, value=defaults["cache.window_tokens"], step=4, label="Window tokens")
+            sinks = gr.Slider(0, 64, value=defaults["cache.sink_tokens"], step=1, label="Sink tokens")
+            recall_k = gr.Slider(0, 16, value=defaults["recall.top_k"], step=1, label="Recall top-k")
+            budget = gr.Slider(
+                0.05, 0.9, value=defaults["recall.budget_fraction"], step=0.05, label="Recall budget (share of window)"
+            )
+            temperature = gr.Slider(0.0, 2.0, value=defaults["generation.temperature"], step=0.05, label="Temperature")
+
+        settings = [window, sinks, recall_k, budget, temperature]
+        chat_outputs = [textbox, chatbot, memory_html, memory_json, sessions, state]
+        for trigger in (textbox.submit, send.click):
+            trigger(
+                handlers.respond,
+                [textbox, chatbot, state, *settings],
+                chat_outputs,
+                api_name="chat" if trigger == textbox.submit else False,
+                **model_limit,
+            )
+        stop.click(handlers.stop, [state], None, queue=False, api_name="stop")
+        regenerate.click(handlers.regenerate, [chatbot, state], chat_outputs, api_name="regenerate", **model_limit)
+        undo.click(handlers.undo, [state], chat_outputs, api_name="undo", **model_limit)
+        new.click(handlers.new_session, [state], chat_outputs, api_name="new_session")
+        sessions.input(handlers.switch, [sessions, state], chat_outputs, api_name="switch_session", **model_limit)
+        demo.load(handlers.refresh_sessions, [state], [sessions], api_name=False)
+        search.click(handlers.search, [query, top_k, state], [results], api_name="search")
+        query.submit(handlers.search, [query, top_k, state], [results], api_name=False)
+        results.select(handlers.pick, [results], [chunk_id], api_name=False)
+        forget.click(handlers.forget, [chunk_id, query, top_k, state], [archive_status, results], api_name="forget")
+        forget_all.click(
+            handlers.forget_session, [state], [archive_status, results, *chat_outputs], api_name="forget_session"
+        )
+    demo.queue(default_concurrency_limit=4)
+    return demo
+
+
+def launch(
+    config: StreamRAGConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    block: bool = True,
+    resources: Resources | None = None,
+) -> gr.Blocks:
+    """Load the model once and serve the app; local only (127.0.0.1, no share link) unless told otherwise."""
+    resources = resources or Resources.load(config)
+    demo = build_app(resources)
+    logger.info("serving streamrag on http://%s:%d (share=%s)", host, port, share)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=not block,
+        ssr_mode=False,
+        show_error=True,
+        quiet=not block,
+        css=CSS,
+    )
+    return demo

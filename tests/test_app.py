@@ -199,6 +199,25 @@ def test_forget_one_memory_or_the_whole_session_from_the_archive_tab(app):
     assert resources.archive.count(session_id) == 0 and resources.transcript.get_session(session_id) is None
 
 
+def test_an_abandoned_reply_is_stopped_and_releases_the_shared_model(app):
+    from streamrag_app.handlers import stream_in_worker
+
+    _, resources, _ = app
+    assistant = resources.session(None, settings={"generation.max_new_tokens": 400, "generation.ignore_eos": True})
+    reader = stream_in_worker(assistant, lambda: assistant.stream("Tell me a long story about dragons."))
+    shown = next(reader)
+    reader.close()  # the tab went away, or the event was cancelled
+    deadline = time.monotonic() + 60
+    while (resources.lock.locked() or assistant.transcript.count(assistant.session_id) < 2) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert not resources.lock.locked()
+    reply = assistant.transcript.messages(assistant.session_id)[-1]
+    assert reply.role == "assistant" and reply.content.startswith(shown)
+    assert assistant.last_turn.stop_reason == "interrupted" and assistant.last_turn.generated_tokens < 400
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

@@ -263,13 +263,16 @@ def bench_ppl(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
     name: str = typer.Option("ppl", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    self_extend: bool = typer.Option(False, "--self-extend", help="Add a Self-Extend row (whole text cached)."),
+    group_size: int = typer.Option(4, help="Self-Extend group size G (with --self-extend)."),
+    neighbor_window: int = typer.Option(2048, help="Self-Extend neighbor window W (with --self-extend)."),
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Perplexity of one long text: dense cache vs. sliding window vs. attention sinks, in one run."""
+    """Perplexity of one long text: dense cache vs. sliding window vs. attention sinks (vs. Self-Extend), in one run."""
     _setup_logging(verbose)
     cfg = load_config(
         config,
@@ -303,6 +306,9 @@ def bench_ppl(
             smooth=smooth,
             name=name,
             model_name=resolved.description,
+            self_extend=self_extend,
+            group_size=group_size,
+            neighbor_window=neighbor_window,
         )
     except (ValueError, UnsupportedModelError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -310,12 +316,92 @@ def bench_ppl(
     table = Table(title=f"perplexity of {tokens:,} tokens, cache {sinks + window} tokens")
     for column in ("policy", "ppl", "vs dense", "cache tokens", "evicted"):
         table.add_column(column, justify="left" if column == "policy" else "right")
-    for policy in ("dense", "window", "sink"):
+    for policy in ("dense", "window", "sink", "self_extend"):
+        if policy not in result:
+            continue
         entry = result[policy]
         ratio = entry["ppl"] / result["dense"]["ppl"]
         table.add_row(
             policy, f"{entry['ppl']:.3f}", f"{ratio:.3f}x", str(entry["cache_tokens"]), str(entry["evicted_tokens"])
         )
+    Console().print(table)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
+@bench_app.command("passkey")
+def bench_passkey(
+    lengths: str = typer.Option("2k,10k", help="Haystack lengths in tokens, e.g. 4k,12k,16k (trained: 8k)."),
+    depths: str = typer.Option("0.2,0.8", help="Where the key sits in the text, 0 = start, 1 = end."),
+    trials: int = typer.Option(1, help="Random keys per length x depth cell."),
+    policies: str = typer.Option(
+        "dense,sink,sink_archive,self_extend", help="Comma-separated subset of dense,sink,sink_archive,self_extend."
+    ),
+    sinks: int = typer.Option(4, "--sinks", help="sink_tokens of the sink and Self-Extend caches."),
+    window: int = typer.Option(2044, "--window", help="window_tokens of sink and sink_archive (inside 8k)."),
+    group_size: int = typer.Option(4, help="Self-Extend group size G."),
+    neighbor_window: int = typer.Option(2048, help="Self-Extend neighbor window W."),
+    dense_max: int | None = typer.Option(None, help="Skip dense runs longer than this many tokens."),
+    seed: int = typer.Option(0, help="Seed of the keys."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    name: str = typer.Option("passkey", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Passkey retrieval below and beyond the trained length: dense, sink, sink + archive, Self-Extend.
+
+    With the defaults (2k and 10k tokens, 2 depths) it takes about 25 minutes on 2 CPU cores.
+    """
+    _setup_logging(verbose)
+    import streamrag.lexical  # noqa: F401 - bm25s sets its logger to DEBUG on import; quiet it again
+    from streamrag.bench.passkey import parse_numbers, run_passkey
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    try:
+        length_list, depth_list = parse_numbers(lengths), parse_numbers(depths, float)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    cfg = load_config(config, **{"model.spec": model, "model.device": device, "model.dtype": dtype})
+    from streamrag.archive import ArchiveUnavailable
+    from streamrag.rope import UnsupportedModelError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    hf_model, tokenizer, resolved = _load_model(cfg)
+    try:
+        result = run_passkey(
+            hf_model,
+            tokenizer,
+            cfg,
+            out,
+            lengths=length_list,
+            depths=depth_list,
+            trials=trials,
+            policies=[p.strip() for p in policies.split(",") if p.strip()],
+            sink_tokens=sinks,
+            sink_window=window,
+            group_size=group_size,
+            neighbor_window=neighbor_window,
+            dense_max=dense_max,
+            seed=seed,
+            name=name,
+            model_name=resolved.description,
+        )
+    except (ValueError, ConfigError, UnsupportedModelError, ArchiveUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"passkey accuracy (trained length {result['model']['trained_length']})")
+    table.add_column("policy")
+    for length in length_list:
+        table.add_column(f"{length:,}", justify="right")
+    for policy, by_length in result["accuracy_by_length"].items():
+        table.add_row(policy, *("-" if by_length[str(n)] is None else f"{by_length[str(n)]:.2f}" for n in length_list))
     Console().print(table)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 

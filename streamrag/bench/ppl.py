@@ -13,6 +13,10 @@ same loaded model:
 ``sink``
     the attention-sink cache as chat uses it (``sink_tokens=S``,
     ``window_tokens=W``), through :meth:`StreamingLM.feed_for_scoring`.
+``self_extend`` (optional)
+    a sink cache large enough for the whole text in Self-Extend position
+    mode: like ``dense`` nothing is evicted, but no relative position exceeds
+    the trained length, so perplexity past it should stay near the in-range one.
 
 Token ``i`` is scored with the logits the model produced at position
 ``i - 1`` (the last logits of a chunk score the first token of the next), so
@@ -58,8 +62,9 @@ POLICY_LABELS = {
     "dense": "dense (no eviction)",
     "window": "sliding window, no sinks",
     "sink": "attention sinks + window",
+    "self_extend": "Self-Extend (no eviction)",
 }
-POLICY_COLORS = {"dense": "tab:gray", "window": "tab:red", "sink": "tab:blue"}
+POLICY_COLORS = {"dense": "tab:gray", "window": "tab:red", "sink": "tab:blue", "self_extend": "tab:green"}
 
 
 @dataclass
@@ -159,12 +164,16 @@ def score_streaming(
     return PolicyScore(name, scorer.result(), scorer.chunk_nll, time.perf_counter() - started, cache)
 
 
-def streaming_config(base: StreamRAGConfig, sink_tokens: int, window_tokens: int, evict_chunk: int) -> StreamRAGConfig:
-    """``base`` with another cache shape (validated like any config)."""
+def streaming_config(
+    base: StreamRAGConfig, sink_tokens: int, window_tokens: int, evict_chunk: int, **cache: Any
+) -> StreamRAGConfig:
+    """``base`` with another cache shape (validated like any config); ``cache`` sets further cache fields."""
     data = base.model_dump()
     set_dotted(data, "cache.sink_tokens", sink_tokens)
     set_dotted(data, "cache.window_tokens", window_tokens)
     set_dotted(data, "cache.evict_chunk", evict_chunk)
+    for key, value in cache.items():
+        set_dotted(data, f"cache.{key}", value)
     return StreamRAGConfig.from_dict(data)
 
 
@@ -217,11 +226,15 @@ def run_ppl(
     name: str = "ppl",
     model_name: str | None = None,
     progress: bool = True,
+    self_extend: bool = False,
+    group_size: int = 4,
+    neighbor_window: int = 2048,
 ) -> dict[str, Any]:
     """Score the benchmark text under ``dense``, ``window`` and ``sink``; write ``<name>.json`` and ``.png``.
 
     ``config`` supplies everything but the cache shape (device, data dir).
-    Returns the dictionary written as JSON.
+    ``self_extend=True`` adds the ``self_extend`` row (``group_size``,
+    ``neighbor_window``). Returns the dictionary written as JSON.
     """
     from streamrag.engine import StreamingLM
 
@@ -238,6 +251,21 @@ def run_ppl(
         "window": StreamingLM(model, tokenizer, streaming_config(config, 0, capacity, chunk)),
         "sink": StreamingLM(model, tokenizer, streaming_config(config, sink_tokens, window_tokens, chunk)),
     }
+    policies = POLICIES
+    if self_extend:
+        # The whole text fits (rounded up to whole chunks), so the row isolates the position mapping.
+        whole = -(-tokens // chunk) * chunk
+        extended = streaming_config(
+            config,
+            sink_tokens,
+            max(whole, window_tokens),
+            chunk,
+            position_mode="self_extend",
+            group_size=group_size,
+            neighbor_window=neighbor_window,
+        )
+        engines["self_extend"] = StreamingLM(model, tokenizer, extended)
+        policies = (*POLICIES, "self_extend")
     logger.info(
         "perplexity of %d tokens; cache of %d tokens (%d sinks + %d window), chunks of %d",
         tokens,
@@ -250,7 +278,7 @@ def run_ppl(
     started = time.perf_counter()
     scores: dict[str, PolicyScore] = {}
     with progress_bar(progress) as bar:
-        for policy in POLICIES:
+        for policy in policies:
             task = bar.add_task(f"{policy:>6}", total=tokens)
 
             def advance(count: int, task=task) -> None:
@@ -284,6 +312,7 @@ def run_ppl(
             "evict_chunk": chunk,
             "smooth": smooth,
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            **({"self_extend": {"group_size": group_size, "neighbor_window": neighbor_window}} if self_extend else {}),
         },
         "segments": {key: list(bounds) for key, bounds in segments.items()},
     }
@@ -314,6 +343,12 @@ def run_ppl(
         }
         for key in segments
     }
+    if self_extend:
+        result["ratios"]["self_extend_vs_dense"] = rounded(scores["self_extend"].ppl / scores["dense"].ppl)
+        for key in segments:
+            result["ratios_by_segment"][key]["self_extend_vs_dense"] = _ratio(
+                result["self_extend"], result["dense"], key
+            )
     result["wall_seconds"] = round(wall, 1)
     result["host"] = host_info(started_load)
 

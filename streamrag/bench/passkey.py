@@ -139,11 +139,8 @@ def run_passkey(
     ``dense_max`` skips dense runs longer than that many tokens (they cost
     the most and, past the trained length, are expected to fail).
     """
-    from streamrag.archive import Archive
     from streamrag.engine import StreamingLM
     from streamrag.self_extend import trained_length
-    from streamrag.session import Assistant, Resources
-    from streamrag.transcript import Transcript
 
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
@@ -189,6 +186,11 @@ def run_passkey(
         engines: dict[str, Callable[[str], tuple[str, dict[str, Any]]]] = {}
         for policy in policies:
             if policy == "sink_archive":
+                # Imported only here: Chroma and the embedder serve this policy alone.
+                from streamrag.archive import Archive
+                from streamrag.session import Assistant, Resources
+                from streamrag.transcript import Transcript
+
                 archive = Archive(configs[policy].archive, work / policy)
                 transcript = Transcript(work / policy / "transcripts.sqlite3")
                 resources = Resources(configs[policy], model, tokenizer, archive, transcript, threading.Lock())

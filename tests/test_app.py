@@ -271,3 +271,23 @@ def test_the_page_streams_a_reply_in_headless_chromium_and_saves_a_screenshot(ap
         finally:
             browser.close()
     assert (RESULTS / "app.png").stat().st_size > 10_000
+
+
+def test_serve_binds_locally_without_a_share_link_by_default(monkeypatch, tmp_path):
+    import streamrag_app
+    from typer.testing import CliRunner
+
+    from streamrag.cli import app as cli
+    from streamrag.session import Resources
+
+    calls = {}
+    monkeypatch.setattr(Resources, "load", classmethod(lambda cls, config: calls.setdefault("config", config)))
+    monkeypatch.setattr(streamrag_app, "launch", lambda config, **kwargs: calls.update(kwargs))
+    config = tmp_path / "app.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ncache:\n  window_tokens: 508\n")
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert (calls["host"], calls["port"], calls["share"]) == ("127.0.0.1", 7860, False)
+    assert calls["config"].cache.window_tokens == 508
+    result = CliRunner().invoke(cli, ["serve", "-c", str(config), "--host", "0.0.0.0", "--port", "8080"])
+    assert (calls["host"], calls["port"]) == ("0.0.0.0", 8080)

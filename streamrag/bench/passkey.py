@@ -52,9 +52,10 @@ INTRO = (
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key.\n"
 QUESTION = "What is the pass key? The pass key is"
-# Below and beyond SmolLM2-135M's 8192 trained tokens; about 25 minutes on 2 CPU cores with the defaults.
+# Below and beyond SmolLM2-135M's 8192 trained tokens; about 15 minutes on one CPU core with the defaults
+# (the 10k reads of dense and Self-Extend dominate).
 DEFAULT_LENGTHS = (2048, 10240)
-DEFAULT_DEPTHS = (0.2, 0.8)
+DEFAULT_DEPTHS = (0.5,)
 
 
 def parse_numbers(text: str, kind: type = int) -> list:

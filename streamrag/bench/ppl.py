@@ -442,5 +442,7 @@ def plot_ppl(
     axes.set_ylabel(f"perplexity (running mean of NLL over {smooth} tokens, exp)")
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(scores), fontsize=9, frameon=False)
+    # Two rows once a fourth policy (self_extend) joins, so the legend stays inside the figure.
+    ncol = len(scores) if len(scores) <= 3 else 2
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=ncol, fontsize=9, frameon=False)
     return save_figure(figure, path)

@@ -241,10 +241,17 @@ def generate(
     )
 
 
-def _load_model(cfg: StreamRAGConfig):
-    """(model, tokenizer, resolved) for the benchmarks, which build their own engines around one model."""
+def _load_model(cfg: StreamRAGConfig, threads: int | None = None):
+    """(model, tokenizer, resolved) for the benchmarks, which build their own engines around one model.
+
+    ``threads`` pins torch's CPU threads first, so timings on a shared machine are comparable.
+    """
     from streamrag.models import ModelLoadError, load_model
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         with console.status("loading model..."):
             return load_model(cfg.model, cfg.data_dir)
@@ -288,11 +295,7 @@ def bench_ppl(
     from streamrag.bench.ppl import run_ppl
     from streamrag.rope import UnsupportedModelError
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    hf_model, tokenizer, resolved = _load_model(cfg)
+    hf_model, tokenizer, resolved = _load_model(cfg, threads)
     try:
         result = run_ppl(
             hf_model,
@@ -357,10 +360,8 @@ def bench_passkey(
     (--lengths 4k,12k,16k --depths 0.1,0.5,0.9 --trials 3) wants a GPU.
     """
     _setup_logging(verbose)
-    import streamrag.lexical  # noqa: F401 - bm25s sets its logger to DEBUG on import; quiet it again
     from streamrag.bench.passkey import parse_numbers, run_passkey
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
     try:
         length_list, depth_list = parse_numbers(lengths), parse_numbers(depths, float)
     except ValueError as exc:
@@ -370,11 +371,7 @@ def bench_passkey(
     from streamrag.archive import ArchiveUnavailable
     from streamrag.rope import UnsupportedModelError
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    hf_model, tokenizer, resolved = _load_model(cfg)
+    hf_model, tokenizer, resolved = _load_model(cfg, threads)
     try:
         result = run_passkey(
             hf_model,
@@ -519,10 +516,8 @@ def bench_recall(
     CPU cores; --sizes 1k,10k,100k adds about 20 minutes (embedding 100k chunks).
     """
     _setup_logging(verbose)
-    import streamrag.lexical  # noqa: F401 - bm25s sets its logger to DEBUG on import; quiet it again
     from streamrag.bench.recall import check_settings, parse_sizes
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
     try:
         size_list = parse_sizes(sizes)
     except ValueError as exc:
@@ -548,11 +543,7 @@ def bench_recall(
     from streamrag.bench.recall import SYSTEMS, run_recall
     from streamrag.rope import UnsupportedModelError
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    hf_model, tokenizer, resolved = _load_model(cfg)
+    hf_model, tokenizer, resolved = _load_model(cfg, threads)
     try:
         result = run_recall(
             hf_model,

@@ -6,6 +6,7 @@ GGUF-to-safetensors conversion of the embedded model included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,3 +177,28 @@ def filler_history(windows: float, capacity: int, chars_per_token: float = 4.0) 
         size += len(user) + len(assistant) + 40
         i += 1
     return messages
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run a block on ``count`` torch CPU threads, restoring the previous number after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test whose matrices are tiny (faster, and steadier beside another process)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """:func:`one_thread` for a whole module: ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
+    with torch_threads(1):
+        yield

@@ -13,14 +13,6 @@ from streamrag.config import StreamRAGConfig
 from tests.test_bench import assert_png, invoke
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_haystack_hides_the_key_at_the_asked_depth_in_about_the_asked_length(embedded):
     _, tokenizer = embedded
     text = haystack(tokenizer, 600, 0.25, "12345")

@@ -135,13 +135,8 @@ ALIBI_MODELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Matrices this small run twice as fast on one thread, and far faster when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny matrices: one thread is faster than two, above all beside another busy process.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny_model(model_type: str, num_layers: int, seed: int = 0, **overrides) -> torch.nn.Module:

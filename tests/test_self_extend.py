@@ -31,13 +31,8 @@ TEXT = (
 ) * 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These sequences are tiny: one thread is faster than two on cores another process is using."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny matrices: one thread is faster than two, above all beside another busy process.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def token_ids(tokenizer, count: int) -> list[int]:

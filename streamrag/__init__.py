@@ -1,7 +1,7 @@
 """streamrag: long-running assistants on a local model with an attention-sink KV cache and recall."""
 
 from streamrag.config import ConfigError, StreamRAGConfig
-from streamrag.engine import CacheStats, MessageError, StreamingLM, TurnStats
+from streamrag.engine import CacheStats, Generation, MessageError, StreamingLM, TurnStats
 from streamrag.ledger import EvictedSpan, MessageRef
 
 __all__ = [
@@ -11,9 +11,11 @@ __all__ = [
     "CacheStats",
     "ConfigError",
     "EvictedSpan",
+    "Generation",
     "Memory",
     "MessageError",
     "MessageRef",
+    "Reply",
     "Resources",
     "StreamRAGConfig",
     "StreamingLM",
@@ -28,6 +30,7 @@ _LAZY = {
     "Memory": "streamrag.archive",
     "Assistant": "streamrag.session",
     "Resources": "streamrag.session",
+    "Reply": "streamrag.session",
 }
 
 

@@ -1,9 +1,12 @@
-"""Chunk, embed, store and search evicted text (Chroma + BM25).
+"""Embed, store and search archived chunks of evicted text (Chroma + BM25).
 
-The archive is an eviction subscriber: :meth:`Archive.write` receives the
-spans the sink cache is about to drop and returns only once their chunks are
-in Chroma. If Chroma cannot be reached, it raises :class:`ArchiveUnavailable`
-and the engine keeps the KV slots, so nothing is silently lost.
+The archive is an *index*, not the record: evicted text is first made
+durable in the transcript's eviction log, and the background indexer
+(:mod:`streamrag.indexer`) hands the chunks cut from it to
+:meth:`Archive.upsert`. Writes are idempotent (deterministic chunk ids), so
+the indexer may retry after any failure. Every call that reaches the store
+raises :class:`ArchiveUnavailable` when the store fails, never a raw client
+error, so callers can degrade (chat goes on without recall) instead of stopping.
 
 Search is hybrid: Chroma's dense similarity and BM25 over the same chunks,
 fused by reciprocal rank (RRF, k=60). Every query is filtered by session: one
@@ -12,17 +15,20 @@ conversation never recalls another's text.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+
 from streamrag.chunking import Chunk, Chunker
 from streamrag.config import ArchiveSettings
 from streamrag.embedding import EMBEDDED, StreamragEmbedding
-from streamrag.ledger import EvictedSpan
 from streamrag.lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
@@ -31,7 +37,7 @@ RRF_K = 60
 
 
 class ArchiveUnavailable(RuntimeError):
-    """The vector store could not be reached or refused a write; the cache was left as it was."""
+    """The vector store could not be reached, or failed a read or write; the message names the store."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class Memory:
     ``score`` is the fused rank score (or the reranker's score when one is
     set); ``similarity`` the cosine similarity from the dense search and
     ``lexical_score`` the BM25 score, each ``None`` when that retriever did
-    not return the chunk.
+    not return the chunk. ``created_at`` is when the text was said.
+    ``pending`` marks text that is logged but not indexed yet (found by BM25 alone).
     """
 
     chunk_id: str
@@ -56,6 +63,21 @@ class Memory:
     score: float = 0.0
     similarity: float | None = None
     lexical_score: float | None = None
+    pending: bool = False
+
+
+def _chunk_meta(c: Chunk) -> dict:
+    """Chroma metadata of a chunk (also how a pending chunk reads back as a :class:`Memory`)."""
+    return {
+        "session_id": c.session_id,
+        "message_id": c.message_id,
+        "role": c.role,
+        "turn": c.turn,
+        "char_start": c.char_start,
+        "char_end": c.char_end,
+        "complete": c.complete,
+        "created_at": c.spoken_at,
+    }
 
 
 def _memory(chunk_id: str, text: str, meta: dict, **scores) -> Memory:
@@ -87,7 +109,7 @@ def open_chroma_client(settings: ArchiveSettings, data_dir: Path):
                 path=str(path), settings=chroma_settings, tenant=settings.tenant, database=settings.database
             )
         url = urlparse(settings.chroma_url)
-        return chromadb.HttpClient(
+        client = chromadb.HttpClient(
             host=url.hostname or "127.0.0.1",
             port=url.port or (443 if url.scheme == "https" else 8000),
             ssl=url.scheme == "https",
@@ -95,84 +117,109 @@ def open_chroma_client(settings: ArchiveSettings, data_dir: Path):
             tenant=settings.tenant,
             database=settings.database,
         )
+        _set_http_timeout(client, settings.timeout_s)
+        return client
     except Exception as exc:  # chromadb raises ValueError/ConnectionError/its own types
         where = settings.chroma_url or str(Path(data_dir) / "chroma")
         raise ArchiveUnavailable(f"cannot open the Chroma archive at {where}: {exc}") from exc
+
+
+def _set_http_timeout(client, seconds: float) -> None:
+    """Give the Chroma HTTP client a timeout: chromadb creates its httpx session with none at all.
+
+    Without one, a paused or half-dead server freezes every call that
+    reaches it. chromadb has no setting for this, so we set it on its httpx
+    session; if a chromadb release moves that attribute, we say so and go on.
+    """
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(seconds)
+    else:
+        logger.warning("cannot set a timeout on this chromadb client; archive calls may hang on a stalled server")
 
 
 class Archive:
     """Evicted text of every session, in one Chroma collection."""
 
     def __init__(self, settings: ArchiveSettings, data_dir: Path, client=None):
+        """Open the store now; a Chroma *server* that is down is retried on first use instead.
+
+        An embedded store that cannot be opened (a bad path, a corrupt
+        directory) fails here: that is a setup error, not an outage.
+        """
         self.settings = settings
-        self.where = settings.chroma_url or str(Path(data_dir) / "chroma")
-        self.client = client or open_chroma_client(settings, data_dir)
+        self.data_dir = Path(data_dir)
+        self.where = settings.chroma_url or str(self.data_dir / "chroma")
+        self.client = client
         self.embedder = StreamragEmbedding(
             model=settings.embedding_model or EMBEDDED,
             device=settings.embedding_device,
             batch_size=settings.embedding_batch_size,
         )
-        try:
-            self.collection = self.client.get_or_create_collection(
-                settings.collection, embedding_function=self.embedder, configuration={"hnsw": {"space": "cosine"}}
-            )
-        except Exception as exc:
-            raise ArchiveUnavailable(f"cannot open collection {settings.collection!r} at {self.where}: {exc}") from exc
         self.chunker = Chunker(settings.chunk_chars, settings.chunk_overlap_chars)
+        self._collection = None
         self._lexical: dict[str, LexicalIndex] = {}
         self._lock = threading.RLock()
         self._reranker = None
         self.chunks_written = 0
         self.write_seconds = 0.0
+        try:
+            self.collection  # noqa: B018 - opens the store
+        except ArchiveUnavailable as exc:
+            if settings.chroma_url is None:
+                raise
+            logger.warning("%s; chat goes on and the archive is retried on first use", exc)
+
+    @property
+    def collection(self):
+        """The Chroma collection, opened (and the client created) on first use."""
+        if self._collection is None:
+            with self._lock:
+                if self._collection is None:
+                    if self.client is None:
+                        self.client = open_chroma_client(self.settings, self.data_dir)
+                    with self._store(f"opening collection {self.settings.collection!r}"):
+                        self._collection = self.client.get_or_create_collection(
+                            self.settings.collection,
+                            embedding_function=self.embedder,
+                            configuration={"hnsw": {"space": "cosine"}},
+                        )
+        return self._collection
+
+    @contextlib.contextmanager
+    def _store(self, what: str) -> Iterator[None]:
+        """Turn any failure of the vector store into :class:`ArchiveUnavailable` naming the store."""
+        try:
+            yield
+        except ArchiveUnavailable:
+            raise
+        except Exception as exc:  # chromadb and httpx raise many types; callers need one
+            raise ArchiveUnavailable(f"archive {what} at {self.where} failed: {type(exc).__name__}: {exc}") from exc
 
     # -- writing --------------------------------------------------------
-    def write(self, spans: list[EvictedSpan]) -> int:
-        """Archive evicted spans durably; return the number of chunks written.
+    def upsert(self, chunks: list[Chunk]) -> int:
+        """Embed and store chunks (same id: replaced); returns how many. Idempotent.
 
-        Spans marked ``archive=False`` (recalled memories) and template-only
-        spans are skipped. Raises :class:`ArchiveUnavailable` if the store
-        refuses the write, with the chunker rolled back so a retry writes the
-        same chunks.
+        Raises :class:`ArchiveUnavailable` if the store refuses the write; the
+        caller (the indexer) keeps the text in its log and tries again later.
         """
-        with self._lock:
-            snapshot = self.chunker.snapshot()
-            chunks: dict[str, Chunk] = {}
-            for span in spans:
-                if span.archive:
-                    for chunk in self.chunker.add(span):
-                        chunks[chunk.chunk_id] = chunk
-            if not chunks:
-                return 0
-            started = time.perf_counter()
-            try:
-                self._upsert(list(chunks.values()))
-            except Exception as exc:
-                self.chunker.restore(snapshot)
-                raise ArchiveUnavailable(f"archive write to {self.where} failed: {exc}") from exc
-            self.write_seconds += time.perf_counter() - started
-            self.chunks_written += len(chunks)
-            return len(chunks)
-
-    __call__ = write  # an Archive is itself an eviction subscriber: lm.on_evict(archive)
+        unique = list({c.chunk_id: c for c in chunks}.values())
+        if not unique:
+            return 0
+        started = time.perf_counter()
+        with self._lock, self._store("write"):
+            self._upsert(unique)
+        self.write_seconds += time.perf_counter() - started
+        self.chunks_written += len(unique)
+        return len(unique)
 
     def _upsert(self, chunks: list[Chunk]) -> None:
-        now = time.time()
         self.collection.upsert(
             ids=[c.chunk_id for c in chunks],
             documents=[c.text for c in chunks],
-            metadatas=[
-                {
-                    "session_id": c.session_id,
-                    "message_id": c.message_id,
-                    "role": c.role,
-                    "turn": c.turn,
-                    "char_start": c.char_start,
-                    "char_end": c.char_end,
-                    "complete": c.complete,
-                    "created_at": now,
-                }
-                for c in chunks
-            ],
+            metadatas=[_chunk_meta(c) for c in chunks],
         )
         for chunk in chunks:
             index = self._lexical.get(chunk.session_id)
@@ -181,6 +228,7 @@ class Archive:
 
     # -- reading --------------------------------------------------------
     def _lexical_index(self, session_id: str) -> LexicalIndex:
+        """The session's BM25 index, loaded from the store on first use (call with the lock held)."""
         index = self._lexical.get(session_id)
         if index is None:
             index = LexicalIndex()
@@ -191,58 +239,114 @@ class Archive:
 
     def count(self, session_id: str | None = None) -> int:
         """Chunks in the archive, for one session or all."""
-        if session_id is None:
-            return self.collection.count()
-        return len(self.collection.get(where={"session_id": session_id}, include=[])["ids"])
+        with self._store("count"):
+            if session_id is None:
+                return self.collection.count()
+            return len(self.collection.get(where={"session_id": session_id}, include=[])["ids"])
 
     def get(self, chunk_ids: list[str]) -> list[Memory]:
-        got = self.collection.get(ids=chunk_ids, include=["documents", "metadatas"])
+        with self._store("read"):
+            got = self.collection.get(ids=chunk_ids, include=["documents", "metadatas"])
         return [_memory(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
 
     def list(self, session_id: str, limit: int | None = None, offset: int = 0) -> list[Memory]:
         """A session's memories in conversation order (turn, then position)."""
-        got = self.collection.get(where={"session_id": session_id}, include=["documents", "metadatas"])
+        with self._store("listing"):
+            got = self.collection.get(where={"session_id": session_id}, include=["documents", "metadatas"])
         memories = [_memory(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
         memories.sort(key=lambda m: (m.turn, m.created_at, m.message_id, m.char_start))
         return memories[offset : None if limit is None else offset + limit]
 
-    def search(self, session_id: str, query: str, k: int = 5, candidates: int | None = None) -> list[Memory]:
+    def search(
+        self,
+        session_id: str,
+        query: str,
+        k: int = 5,
+        candidates: int | None = None,
+        pending: list[Chunk] | None = None,
+    ) -> list[Memory]:
         """Hybrid search inside one session: dense + BM25, fused by reciprocal rank.
 
         Returns up to ``k`` memories, best first, each carrying the component
-        scores so a recall policy can apply its own thresholds.
+        scores so a recall policy can apply its own thresholds. ``pending``
+        chunks (logged, not yet indexed) are ranked beside the stored ones:
+        embedded here with the archive's own embedder, so their similarity
+        is the one the store would give them.
         """
         if k <= 0 or not query.strip():
             return []
         pool = candidates or max(3 * k, 10)
-        with self._lock:
-            lexical = self._lexical_index(session_id)
-            total = len(lexical)
-            if total == 0:
-                return []
-            result = self.collection.query(
-                query_texts=[query],
-                n_results=min(pool, total),
-                where={"session_id": session_id},
-                include=["documents", "metadatas", "distances"],
-            )
-            lexical_hits = lexical.search(query, pool)
+        query_vector = self.embedder([query])[0]
+        dense: list[tuple[str, float, str, dict]] = []
+        lexical: list[tuple[str, float]] = []
+        extra: dict[str, tuple[str, dict]] = {}  # BM25 hits the dense search did not return
+        with self._lock, self._store("search"):
+            index = self._lexical_index(session_id)
+            if len(index):
+                result = self.collection.query(
+                    query_embeddings=[query_vector],
+                    n_results=min(pool, len(index)),
+                    where={"session_id": session_id},
+                    include=["documents", "metadatas", "distances"],
+                )
+                dense = [
+                    (cid, 1.0 - float(dist), doc, meta)
+                    for cid, doc, meta, dist in zip(
+                        result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
+                    )
+                ]
+                lexical = index.search(query, pool)
+                missing = [cid for cid, _ in lexical if cid not in {d[0] for d in dense}]
+                if missing:
+                    got = self.collection.get(ids=missing, include=["documents", "metadatas"])
+                    extra = dict(zip(got["ids"], zip(got["documents"], got["metadatas"])))
+        found = {cid: (doc, meta) for cid, _, doc, meta in dense} | extra
+        return self._fuse(session_id, query, query_vector, pool, dense, lexical, found, pending or [])[:k]
+
+    def search_pending(self, session_id: str, query: str, k: int, pending: list[Chunk]) -> list[Memory]:
+        """The same hybrid search over logged, not yet indexed chunks alone: no store involved.
+
+        What recall falls back on while the store is unavailable.
+        """
+        if k <= 0 or not query.strip():
+            return []
+        query_vector = self.embedder([query])[0]
+        return self._fuse(session_id, query, query_vector, max(3 * k, 10), [], [], {}, pending)[:k]
+
+    def _fuse(
+        self,
+        session_id: str,
+        query: str,
+        query_vector,
+        pool: int,
+        dense: list[tuple[str, float, str, dict]],
+        lexical: list[tuple[str, float]],
+        found: dict[str, tuple[str, dict]],
+        pending: list[Chunk],
+    ) -> list[Memory]:
+        """Reciprocal-rank fusion of the dense and BM25 rankings, pending chunks merged into both."""
+        mine = {c.chunk_id: c for c in pending if c.session_id == session_id}
+        if mine:
+            # A pending chunk replaces an older, shorter version of itself in the store.
+            chunks = list(mine.values())
+            vectors = self.embedder([c.text for c in chunks])
+            waiting = [
+                (c.chunk_id, float(np.dot(query_vector, v)), c.text, _chunk_meta(c)) for c, v in zip(chunks, vectors)
+            ]
+            dense = sorted([d for d in dense if d[0] not in mine] + waiting, key=lambda d: -d[1])[:pool]
+            pending_index = LexicalIndex()
+            pending_index.upsert({cid: c.text for cid, c in mine.items()})
+            lexical = sorted(
+                [hit for hit in lexical if hit[0] not in mine] + pending_index.search(query, pool), key=lambda h: -h[1]
+            )[:pool]
+            found = found | {cid: (c.text, _chunk_meta(c)) for cid, c in mine.items()}
         fused: dict[str, float] = {}
-        similarity: dict[str, float] = {}
-        found: dict[str, tuple[str, dict]] = {}
-        for rank, (cid, doc, meta, dist) in enumerate(
-            zip(result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0])
-        ):
+        for rank, (cid, *_rest) in enumerate(dense):
             fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-            similarity[cid] = 1.0 - float(dist)
-            found[cid] = (doc, meta)
-        lexical_score = dict(lexical_hits)
-        for rank, (cid, _) in enumerate(lexical_hits):
+        for rank, (cid, _) in enumerate(lexical):
             fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-        missing = [cid for cid in lexical_score if cid not in found]
-        if missing:
-            got = self.collection.get(ids=missing, include=["documents", "metadatas"])
-            found.update({i: (d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])})
+        similarity = {cid: sim for cid, sim, *_rest in dense}
+        lexical_score = dict(lexical)
         memories = [
             _memory(
                 cid,
@@ -251,13 +355,14 @@ class Archive:
                 score=score,
                 similarity=similarity.get(cid),
                 lexical_score=lexical_score.get(cid),
+                pending=cid in mine,
             )
             for cid, score in sorted(fused.items(), key=lambda item: -item[1])
             if cid in found
         ]
         if self.settings.reranker:
             memories = self._rerank(query, memories)
-        return memories[:k]
+        return memories
 
     def _rerank(self, query: str, memories: list[Memory]) -> list[Memory]:
         from dataclasses import replace
@@ -275,18 +380,16 @@ class Archive:
     # -- forgetting -----------------------------------------------------
     def forget(self, session_id: str, chunk_id: str | None = None) -> int:
         """Delete one memory of a session, or all of them; returns how many were deleted."""
-        with self._lock:
+        with self._lock, self._store("delete"):
             if chunk_id is not None:
                 got = self.collection.get(ids=[chunk_id], where={"session_id": session_id}, include=["metadatas"])
                 ids = got["ids"]
             else:
                 got = self.collection.get(where={"session_id": session_id}, include=["metadatas"])
                 ids = got["ids"]
-            message_keys = {(session_id, m["message_id"]) for m in got["metadatas"]}
             if ids:
                 self.collection.delete(ids=ids)
             index = self._lexical.get(session_id)
             if index is not None:
                 index.delete(set(ids) if chunk_id is not None else None)
-            self.chunker.forget(message_keys)
             return len(ids)

@@ -113,6 +113,7 @@ def chat(
         raise typer.Exit(1) from None
     console.print(f"[bold]streamrag chat[/bold] — session [cyan]{assistant.session_id}[/cyan]; /stats, /recall, /quit")
     out = Console()
+    last = None
     while True:
         try:
             text = console.input("[bold green]you>[/bold green] ")
@@ -125,19 +126,23 @@ def chat(
             out.print(assistant.stats())
             continue
         if command == "/recall":
-            block = assistant.last_recall.block if assistant.last_recall else ""
+            block = last.recall.block if last is not None and last.recall else ""
             out.print(block or "(nothing recalled yet)", markup=False)
             continue
         try:
             out.print("[bold blue]assistant>[/bold blue] ", end="")
-            for piece in assistant.stream(text):
-                out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            last = assistant.stream(text)
+            try:
+                for piece in last:
+                    out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            finally:
+                last.close()
             out.print()
-            turn = assistant.lm.last_turn
-            recalled = len(assistant.recalled)
+            turn = last.stats
+            note = " (archive unavailable: recall skipped)" if last.recall_unavailable else ""
             console.print(
                 f"[dim]{turn.prefilled_tokens} prefilled, {turn.generated_tokens} generated, "
-                f"{turn.tokens_per_second:.1f} tok/s, {recalled} memories recalled[/dim]"
+                f"{turn.tokens_per_second:.1f} tok/s, {len(last.memories)} memories recalled{note}[/dim]"
             )
         except (MessageError, ArchiveUnavailable) as exc:
             out.print()
@@ -227,7 +232,8 @@ def generate(
     lm = _load_lm(cfg)
     stream = lm.stream_completion if raw else lm.stream_chat
     try:
-        for piece in stream(prompt, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos):
+        reply = stream(prompt, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
+        for piece in reply:
             sys.stdout.write(piece)
             sys.stdout.flush()
     except MessageError as exc:
@@ -236,7 +242,7 @@ def generate(
     sys.stdout.write("\n")
     stats = lm.stats()
     console.print(
-        f"[dim]{lm.last_turn.generated_tokens} tokens, {lm.last_turn.tokens_per_second:.1f} tok/s; "
+        f"[dim]{reply.stats.generated_tokens} tokens, {reply.stats.tokens_per_second:.1f} tok/s; "
         f"cache {stats.cache_tokens}/{stats.capacity}, evicted {stats.evicted_tokens}[/dim]"
     )
 

@@ -184,6 +184,20 @@ class ArchiveSettings(_Section):
     reranker: str | None = Field(
         default=None, description="Optional sentence-transformers CrossEncoder (folder or hub id) to rerank hits."
     )
+    timeout_s: float = Field(
+        default=10.0, gt=0.0, description="Longest a call to a Chroma server may take before it counts as an outage."
+    )
+    index_batch: int = Field(
+        default=64, gt=0, description="Evicted-text log rows the background indexer embeds and stores per batch."
+    )
+    index_idle_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        description=(
+            "While the model is generating, the indexer waits up to this long before embedding, "
+            "so archive writes do not slow decoding; recall asks it to catch up at once."
+        ),
+    )
 
     @field_validator("chunk_overlap_chars")
     @classmethod
@@ -216,6 +230,14 @@ class RecallSettings(_Section):
         default=1.0, ge=0.0, description="BM25 hits below this score are dropped (stop words are ignored)."
     )
     use_last_reply: bool = Field(default=True, description="Query with the previous reply as well as the new message.")
+    index_wait_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        description=(
+            "Before recalling, wait up to this long for the session's evicted text to be indexed; "
+            "what is still waiting after that is searched lexically."
+        ),
+    )
     header: str = Field(default="Earlier in this conversation:", min_length=1)
 
 

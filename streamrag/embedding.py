@@ -58,7 +58,11 @@ class StreamragEmbedding(EmbeddingFunction[Documents]):
 
     def __call__(self, input: Documents) -> Embeddings:  # noqa: A002 - Chroma's protocol names it `input`
         vectors = self._encoder.encode(
-            list(input), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            list(input),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,  # it defaults to on whenever the app logs at INFO: one bar per eviction
         )
         return [np.asarray(v, dtype=np.float32) for v in vectors]
 

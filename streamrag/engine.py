@@ -8,6 +8,11 @@ overflow ``sink_tokens + window_tokens``, the engine asks the ledger which
 text is about to leave, hands those spans to the eviction subscribers (the
 archive), and only when they all return drops the KV slots. A subscriber that
 raises stops the eviction and the turn, with the cache unchanged.
+
+The engine knows tokens, spans and messages by id, nothing more: which
+conversation, turn or time a message belongs to is the session's business
+(:mod:`streamrag.session`). A reply comes back as a :class:`Generation`, an
+iterator of text pieces that carries its message id and its stats.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +40,14 @@ from streamrag.ledger import EvictionSubscriber, Ledger, MessageRef
 from streamrag.prompt import ChatFormat, RenderedMessage
 from streamrag.rope import key_rotation_for
 from streamrag.self_extend import SelfExtend, applied, self_extend_for
+from streamrag.text import ROLES, MessageError, check_message
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
-# Flat keyword names accepted by StreamingLM.load(), mapped onto config fields.
-_FLAT_SETTINGS = {
+__all__ = ["ROLES", "CacheStats", "Generation", "MessageError", "Prefill", "StreamingLM", "TurnStats"]
+
+# Flat keyword names accepted by StreamingLM.load() and Assistant.open(), mapped onto config fields.
+FLAT_SETTINGS = {
     "sink_tokens": "cache.sink_tokens",
     "window_tokens": "cache.window_tokens",
     "evict_chunk": "cache.evict_chunk",
@@ -61,11 +68,28 @@ _FLAT_SETTINGS = {
     "stop": "generation.stop",
     "data_dir": "data_dir",
     "system_prompt": "system_prompt",
+    "chroma_url": "archive.chroma_url",
 }
 
 
-class MessageError(ValueError):
-    """A message was refused (empty, too long, unknown role); nothing was changed."""
+def config_from_settings(
+    model: str | None = None, config: StreamRAGConfig | str | None = None, **settings
+) -> StreamRAGConfig:
+    """One config from a model spec, a base config (object or YAML path) and flat or dotted settings.
+
+    ``settings`` are flat names such as ``window_tokens`` or ``device`` (see
+    :data:`FLAT_SETTINGS`) or dotted config paths (``"recall.top_k"``); the
+    one loader behind :meth:`StreamingLM.load` and ``Assistant.open``.
+    """
+    overrides = {FLAT_SETTINGS.get(k, k): v for k, v in settings.items()}
+    if model is not None:
+        overrides["model.spec"] = model
+    if isinstance(config, StreamRAGConfig):
+        merged = config.model_dump()
+        for dotted, value in overrides.items():
+            set_dotted(merged, dotted, value)
+        return StreamRAGConfig.from_dict(merged)
+    return StreamRAGConfig.load(config, overrides)
 
 
 @dataclass(frozen=True)
@@ -84,9 +108,23 @@ class CacheStats:
     messages: int
 
 
+@dataclass(frozen=True)
+class Prefill:
+    """What feeding one or more messages cost: tokens prefilled (template tokens included) and seconds."""
+
+    message_ids: tuple[str, ...]
+    tokens: int
+    seconds: float
+
+    @property
+    def message_id(self) -> str:
+        """The (last) message fed."""
+        return self.message_ids[-1]
+
+
 @dataclass
 class TurnStats:
-    """What the last turn cost: tokens prefilled and generated, and how fast."""
+    """What one reply cost: tokens prefilled and generated, how fast, and why it stopped."""
 
     prefilled_tokens: int = 0
     generated_tokens: int = 0
@@ -99,6 +137,57 @@ class TurnStats:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
+class Generation(Iterator[str]):
+    """A reply being generated: iterate for its text, piece by piece.
+
+    ``message_id`` names the reply from the start; ``stats`` fill in as it
+    runs and are final once iteration ends or :meth:`close` is called (a
+    closed reply stays in the cache as it is, with ``stop_reason``
+    "interrupted").
+    """
+
+    def __init__(
+        self, message_id: str, pieces: Iterator[str], stats: TurnStats, on_unstarted_close: Callable[[], None]
+    ):
+        self.message_id = message_id
+        self.stats = stats
+        self._pieces = pieces
+        self._text: list[str] = []
+        self._started = False
+        self._closed = False
+        self._on_unstarted_close = on_unstarted_close
+
+    def __iter__(self) -> Generation:
+        return self
+
+    def __next__(self) -> str:
+        if self._closed:
+            raise StopIteration
+        self._started = True
+        piece = next(self._pieces)
+        self._text.append(piece)
+        return piece
+
+    def close(self) -> None:
+        """End the reply here; what was generated stays in the cache. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            self._pieces.close()  # runs the generator's own clean-up
+        else:
+            self._on_unstarted_close()  # a generator never started skips its finally block
+
+    @property
+    def text(self) -> str:
+        """The text yielded so far."""
+        return "".join(self._text)
+
+    @property
+    def stop_reason(self) -> str:
+        return self.stats.stop_reason
+
+
 class StreamingLM:
     """A causal LM with an attention-sink cache that persists across turns.
 
@@ -108,13 +197,15 @@ class StreamingLM:
         lm = StreamingLM.load("Qwen/Qwen2.5-0.5B-Instruct", window_tokens=4092, device="cuda")
         for piece in lm.stream_chat("Hello!"):
             print(piece, end="")
+
+    Not thread-safe: one caller at a time (the session serialises its own
+    turns; a shared model is serialised by the session's resources lock).
     """
 
-    def __init__(self, model, tokenizer, config: StreamRAGConfig | None = None, session_id: str | None = None):
+    def __init__(self, model, tokenizer, config: StreamRAGConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or StreamRAGConfig()
-        self.session_id = session_id or uuid.uuid4().hex
         cache_settings = self.config.cache
         self.rotation = key_rotation_for(model, cache_settings.capacity)
         text_config = model.config.get_text_config(decoder=True)
@@ -139,7 +230,6 @@ class StreamingLM:
         self.format = ChatFormat(tokenizer)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self._subscribers: list[EvictionSubscriber] = []
-        self.last_turn = TurnStats()
         self.reset()
 
     # -- construction ---------------------------------------------------
@@ -152,33 +242,23 @@ class StreamingLM:
         """
         from streamrag.models import load_model
 
-        overrides = {_FLAT_SETTINGS.get(k, k): v for k, v in settings.items() if k != "session_id"}
-        if model is not None:
-            overrides["model.spec"] = model
-        if isinstance(config, StreamRAGConfig):
-            merged = config.model_dump()
-            for dotted, value in overrides.items():
-                set_dotted(merged, dotted, value)
-            config = StreamRAGConfig.from_dict(merged)
-        else:
-            config = StreamRAGConfig.load(config, overrides)
+        config = config_from_settings(model, config, **settings)
         hf_model, tokenizer, _ = load_model(config.model, config.data_dir)
-        return cls(hf_model, tokenizer, config, session_id=settings.get("session_id"))
+        return cls(hf_model, tokenizer, config)
 
     # -- state ----------------------------------------------------------
     def reset(self) -> None:
-        """Forget the conversation: empty cache and ledger (subscribers stay)."""
+        """Forget the conversation: empty cache and ledger (subscribers and the work counters stay)."""
         settings = self.config.cache
         self.cache = SinkCache(self.num_layers, settings.sink_tokens, settings.window_tokens, self.rotation)
         self.ledger = Ledger()
         # A reply's closing template tokens, fed together with the next message's tokens.
         self._pending: tuple[str, RenderedMessage] | None = None
         self._messages = 0
-        self._turn = 0
-        self._prefilled_total = 0
-        self._generated_total = 0
+        # Tokens prefilled and generated over the engine's life: a rebuild's re-feed is work too.
+        self._prefilled_total = getattr(self, "_prefilled_total", 0)
+        self._generated_total = getattr(self, "_generated_total", 0)
         self._last_logits: torch.Tensor | None = None
-        self.last_reply: MessageRef | None = None
         self._scoring_ref: MessageRef | None = None
 
     def on_evict(self, subscriber: EvictionSubscriber) -> Callable[[], None]:
@@ -192,11 +272,6 @@ class StreamingLM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    @property
-    def turn(self) -> int:
-        """Number of user messages so far."""
-        return self._turn
 
     def stats(self) -> CacheStats:
         return CacheStats(
@@ -221,114 +296,143 @@ class StreamingLM:
         message_id: str | None = None,
         archive: bool = True,
         generation_prompt: bool = False,
-        turn: int | None = None,
-    ) -> MessageRef:
+    ) -> Prefill:
         """Append one message to the conversation and prefill its tokens now.
 
         ``archive=False`` marks text that must never be archived when evicted
         (recalled memories). ``generation_prompt=True`` also feeds the tokens
-        that open the assistant's reply. ``turn`` overrides the turn number
-        (replaying a stored conversation); by default each user message starts a new turn.
+        that open the assistant's reply.
         """
-        self._check_message(role, content)
-        if turn is None:
-            turn = self._turn + 1 if role == "user" else self._turn
-        ref = MessageRef(self.session_id, message_id or uuid.uuid4().hex, role, turn)
+        self.check_message(role, content)
+        ref = MessageRef(message_id or uuid.uuid4().hex, role)
         rendered = self.format.message(role, content, first=self._messages == 0, generation_prompt=generation_prompt)
-        self._prefill(ref, content, rendered, archive=archive)
-        self._turn = turn
-        return ref
+        return self._prefill([(ref, content, rendered)], archive=archive)
 
-    def stream_chat(self, text: str, *, message_id: str | None = None, **generation) -> Iterator[str]:
-        """Add a user message and stream the assistant's reply, piece by piece.
+    def add_messages(self, messages: Sequence[tuple[str, str] | tuple[str, str, str | None]]) -> Prefill:
+        """Append many messages at once: ``(role, content)`` or ``(role, content, message_id)``.
 
-        The reply's message id is ``last_reply.message_id`` once streaming starts.
+        They are packed into prefill chunks of ``cache.prefill_chunk`` tokens,
+        so ingesting a history costs one forward pass per chunk rather than
+        one per message. All are checked before any is fed.
         """
-        self.add_message("user", text, message_id=message_id, generation_prompt=True)
-        prefill = self.last_turn
-        yield from self._reply(generation, prefill)
+        for message in messages:
+            self.check_message(message[0], message[1])
+        parts = []
+        for i, message in enumerate(messages):
+            role, content = message[0], message[1]
+            message_id = message[2] if len(message) > 2 else None
+            ref = MessageRef(message_id or uuid.uuid4().hex, role)
+            first = self._messages == 0 and i == 0
+            parts.append((ref, content, self.format.message(role, content, first=first)))
+        return self._prefill(parts)
+
+    def stream_chat(self, text: str, *, message_id: str | None = None, **generation) -> Generation:
+        """Add a user message (prefilled now) and return its reply as a :class:`Generation` to iterate."""
+        prefill = self.add_message("user", text, message_id=message_id, generation_prompt=True)
+        return self._generation(generation, prefill, close_turn=True)
 
     def chat(self, text: str, **generation) -> str:
         """Add a user message and return the whole reply."""
         return "".join(self.stream_chat(text, **generation))
 
-    def stream_reply(self, **generation) -> Iterator[str]:
-        """Stream an assistant reply to the messages added so far (opens the assistant turn itself)."""
+    def stream_reply(self, **generation) -> Generation:
+        """A reply to the messages added so far (opens the assistant turn itself), as a :class:`Generation`."""
         prompt = self.format.control_ids(self.format.generation_prompt)
-        ref = MessageRef(self.session_id, uuid.uuid4().hex, "assistant", self._turn)
-        self._prefill(ref, "", RenderedMessage(prompt, [(0, 0)] * len(prompt)), keep_open=True)
-        self.last_reply = ref
-        yield from self._generate(ref, generation, self.last_turn, close_turn=True)
+        ref = MessageRef(uuid.uuid4().hex, "assistant")
+        prefill = self._prefill([(ref, "", RenderedMessage(prompt, [(0, 0)] * len(prompt)))], keep_open=True)
+        return self._generation(generation, prefill, close_turn=True, ref=ref)
 
-    def stream_completion(self, prompt: str, **generation) -> Iterator[str]:
-        """Plain continuation of ``prompt`` (no chat template), streamed."""
-        self._check_message("user", prompt)
-        ref = MessageRef(self.session_id, uuid.uuid4().hex, "user", self._turn)
+    def stream_completion(self, prompt: str, **generation) -> Generation:
+        """Plain continuation of ``prompt`` (no chat template), as a :class:`Generation`."""
+        self.check_message("user", prompt)
+        ref = MessageRef(uuid.uuid4().hex, "user")
         rendered = self.format.content(prompt)
         if self._messages == 0:
             head = self.format.with_bos([])
             rendered = RenderedMessage(head + rendered.token_ids, [(0, 0)] * len(head) + rendered.offsets)
-        self._prefill(ref, prompt, rendered)
-        reply = self._open_reply()
-        yield from self._generate(reply, generation, self.last_turn, close_turn=False)
+        prefill = self._prefill([(ref, prompt, rendered)])
+        return self._generation(generation, prefill, close_turn=False)
 
     def complete(self, prompt: str, **generation) -> str:
         return "".join(self.stream_completion(prompt, **generation))
 
-    # -- internals: messages --------------------------------------------
-    def _check_message(self, role: str, content: str) -> None:
-        if role not in ROLES:
-            raise MessageError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise MessageError(f"message content must be a string, not {type(content).__name__}")
-        if not content.strip():
-            raise MessageError("message is empty")
-        limit = self.config.max_message_chars
-        if len(content) > limit:
-            raise MessageError(
-                f"message has {len(content):,} characters, more than max_message_chars ({limit:,}); "
-                "split it or raise the limit"
-            )
+    def truncate_to(self, message_id: str) -> bool:
+        """Drop ``message_id`` and everything fed after it, if its first token is still in the cache.
 
-    def _reply(self, generation: dict, prefill: TurnStats) -> Iterator[str]:
-        ref = self._open_reply()
-        yield from self._generate(ref, generation, prefill, close_turn=True)
+        Cheap rewinding for a history that changed after that message (an
+        edited last message): nothing before it is prefilled again. Returns
+        False, changing nothing, when the message is not wholly resident; the
+        caller then rebuilds. Nothing is reported to eviction subscribers: the
+        dropped text was never evicted, and the caller decides what to keep.
+        """
+        position = self.ledger.first_slot(message_id)
+        if position is None or position < self.cache.sink_tokens:
+            return False
+        pending, self._pending = self._pending, None
+        self._truncate(position, rollback=True)
+        # Closing tokens still owed by a reply that stays are still owed; those of a dropped reply are not.
+        if pending is not None and pending[0] in self.ledger:
+            self._pending = pending
+        else:
+            last = self.ledger.slots[-1].message_id if self.ledger.slots else None
+            if last is not None and self.ledger.message_ref(last).role == "assistant":
+                suffix = self.format.assistant_suffix()
+                if self.ledger.token_ids(-len(suffix)) != suffix:
+                    end = max((s.char_end for s in self.ledger.slots if s.message_id == last), default=0)
+                    self._pending = (last, RenderedMessage(suffix, [(end, end)] * len(suffix)))
+        self._last_logits = None
+        return True
+
+    # -- internals: messages --------------------------------------------
+    def check_message(self, role: str, content: str) -> None:
+        """:class:`MessageError` if the message cannot be fed (see :func:`streamrag.text.check_message`)."""
+        check_message(role, content, self.config.max_message_chars, ROLES)
+
+    def _generation(
+        self, overrides: dict, prefill: Prefill, close_turn: bool, ref: MessageRef | None = None
+    ) -> Generation:
+        ref = ref or self._open_reply()
+        stats = TurnStats(prefilled_tokens=prefill.tokens, prefill_seconds=prefill.seconds)
+        pieces = self._generate(ref, overrides, stats, close_turn)
+        return Generation(ref.message_id, pieces, stats, lambda: self._close_reply(ref, stats, 0, close_turn))
 
     def _prefill(
-        self, ref: MessageRef, content: str, rendered: RenderedMessage, archive: bool = True, keep_open: bool = False
-    ) -> None:
-        """Feed a new message, together with any pending closing tokens, as one prefill.
+        self, messages: list[tuple[MessageRef, str, RenderedMessage]], archive: bool = True, keep_open: bool = False
+    ) -> Prefill:
+        """Feed new messages, together with any pending closing tokens, as one prefill.
 
         On failure (an eviction subscriber raising, an interrupted forward) the
-        message is withdrawn again: nothing of it stays in ledger or cache
-        unless an eviction already succeeded mid-message.
+        messages are withdrawn again: nothing of them stays in ledger or cache
+        unless an eviction already succeeded mid-prefill.
         """
         started = time.perf_counter()
-        self.ledger.open_message(ref, archive=archive)
-        self.ledger.extend_text(ref.message_id, content)
+        for ref, content, _ in messages:
+            self.ledger.open_message(ref, archive=archive)
+            self.ledger.extend_text(ref.message_id, content)
         pending, self._pending = self._pending, None
-        parts = ([pending] if pending else []) + [(ref.message_id, rendered)]
+        parts = ([pending] if pending else []) + [(ref.message_id, rendered) for ref, _, rendered in messages]
         try:
             self._feed(parts)
         except BaseException:
-            if not self.ledger.withdraw_message(ref.message_id):
-                logger.error("message %s was partly fed before an error; it stays in the cache", ref.message_id)
+            for ref, _, _ in messages:
+                if not self.ledger.withdraw_message(ref.message_id):
+                    logger.error("message %s was partly fed before an error; it stays in the cache", ref.message_id)
             if pending and pending[0] in self.ledger:
                 self._pending = pending
             raise
         if pending:
             self.ledger.close_message(pending[0])
-        if not keep_open:
-            self.ledger.close_message(ref.message_id)
-        self._messages += 1
+        for i, (ref, _, _) in enumerate(messages):
+            if not (keep_open and i == len(messages) - 1):
+                self.ledger.close_message(ref.message_id)
+        self._messages += len(messages)
         fed = sum(len(r) for _, r in parts)
-        self.last_turn = TurnStats(prefilled_tokens=fed, prefill_seconds=time.perf_counter() - started)
+        return Prefill(tuple(ref.message_id for ref, _, _ in messages), fed, time.perf_counter() - started)
 
-    def _open_reply(self, message_id: str | None = None) -> MessageRef:
-        ref = MessageRef(self.session_id, message_id or uuid.uuid4().hex, "assistant", self._turn)
+    def _open_reply(self) -> MessageRef:
+        ref = MessageRef(uuid.uuid4().hex, "assistant")
         self.ledger.open_message(ref)
         self._messages += 1
-        self.last_reply = ref
         return ref
 
     # -- internals: tokens ----------------------------------------------
@@ -371,12 +475,15 @@ class StreamingLM:
             return contextlib.nullcontext()
         return applied(self.model, self.self_extend)
 
-    def _truncate(self, length: int) -> None:
+    def _truncate(self, length: int, rollback: bool = False) -> None:
         for layer in self.cache.layers:
             if layer.is_initialized and layer.keys is not None and layer.keys.shape[-2] > length:
                 layer.keys = layer.keys[..., :length, :]
                 layer.values = layer.values[..., :length, :]
-        self.ledger.truncate(length)
+        if rollback:
+            self.ledger.rollback(length)
+        else:
+            self.ledger.truncate(length)
 
     def _feed(self, parts: list[tuple[str, RenderedMessage]]) -> None:
         """Prefill tokens of one or more messages in chunks, evicting between chunks as needed.
@@ -415,7 +522,7 @@ class StreamingLM:
         if self._messages:
             raise RuntimeError("feed_for_scoring needs an engine without chat messages; call reset() first")
         if self._scoring_ref is None:
-            self._scoring_ref = MessageRef(self.session_id, "scoring", "user", 0)
+            self._scoring_ref = MessageRef("scoring", "user")
             self.ledger.open_message(self._scoring_ref, archive=False)
         self._make_room(len(token_ids))
         for token_id in token_ids:
@@ -432,7 +539,7 @@ class StreamingLM:
         merged = self.config.generation.model_dump() | {k: v for k, v in overrides.items() if v is not None}
         return GenerationSettings.model_validate(merged)
 
-    def _generate(self, ref: MessageRef, overrides: dict, prefill: TurnStats, close_turn: bool) -> Iterator[str]:
+    def _generate(self, ref: MessageRef, overrides: dict, stats: TurnStats, close_turn: bool) -> Iterator[str]:
         settings = self._generation_settings(overrides)
         processors = _processors(settings)
         generator = None
@@ -440,12 +547,12 @@ class StreamingLM:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         decoder = StreamDecoder(self.tokenizer)
         stops = StopMatcher(settings.stop)
-        stats = TurnStats(prefilled_tokens=prefill.prefilled_tokens, prefill_seconds=prefill.prefill_seconds)
-        self.last_turn = stats
         produced = 0  # characters of generated text so far
-        logits = self._last_logits
         started = time.perf_counter()
         try:
+            logits = self._last_logits
+            if logits is None:
+                raise RuntimeError("nothing to continue from: feed a message before generating")
             for _ in range(settings.max_new_tokens):
                 token = self._sample(logits, processors, settings, generator)
                 if token in self.eos_token_ids and not settings.ignore_eos:
@@ -478,13 +585,17 @@ class StreamingLM:
         finally:
             # Runs also when the caller stops iterating (a stop button): the reply so far stays in the cache.
             stats.decode_seconds = time.perf_counter() - started
-            if not stats.stop_reason:
-                stats.stop_reason = "interrupted"
-            if close_turn:
-                suffix = self.format.assistant_suffix()
-                self._pending = (ref.message_id, RenderedMessage(suffix, [(produced, produced)] * len(suffix)))
-            else:
-                self.ledger.close_message(ref.message_id)
+            self._close_reply(ref, stats, produced, close_turn)
+
+    def _close_reply(self, ref: MessageRef, stats: TurnStats, produced: int, close_turn: bool) -> None:
+        """A reply ended (finished, stopped or abandoned): its closing tokens go with the next message."""
+        if not stats.stop_reason:
+            stats.stop_reason = "interrupted"
+        if close_turn:
+            suffix = self.format.assistant_suffix()
+            self._pending = (ref.message_id, RenderedMessage(suffix, [(produced, produced)] * len(suffix)))
+        else:
+            self.ledger.close_message(ref.message_id)
 
     def _sample(self, logits: torch.Tensor, processors, settings: GenerationSettings, generator) -> int:
         scores = logits.unsqueeze(0)

@@ -1,4 +1,4 @@
-"""Map a client's whole message list onto a persistent session: extend it, or rebuild it.
+"""Map a client's whole message list onto a persistent session: extend it, or fork it.
 
 Chat frameworks (LangChain, LlamaIndex) send the entire conversation on every
 call. A streamrag session keeps its KV cache between calls, so feeding the
@@ -8,7 +8,9 @@ compares what the session already holds with what the client sent:
 * the incoming list starts with everything the session holds: only the new
   messages at its end are fed (no re-prefill);
 * anything else (an edited message, a shorter list, another conversation):
-  the session is rebuilt from the incoming list.
+  the session forks at the common prefix. The stored messages after it are
+  superseded, never deleted: they stay in the transcript and the archive
+  (see :meth:`streamrag.session.Assistant.sync`).
 
 Messages whose content is empty or blank are left out on both sides: the
 engine refuses to feed them, so they can never be part of what a session holds.
@@ -30,31 +32,30 @@ class HistoryMessage:
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """What to do with an incoming message list: feed ``new`` on top, or rebuild from it."""
+    """What to do with an incoming message list: feed ``new`` on top, or (``rebuild``) fork from it."""
 
     rebuild: bool
     new: tuple[HistoryMessage, ...]
 
 
+def as_message(message: HistoryMessage | tuple[str, str] | Mapping[str, str]) -> HistoryMessage:
+    """A ``HistoryMessage`` from itself, a ``(role, content)`` pair or a ``{"role", "content"}`` dict."""
+    if isinstance(message, HistoryMessage):
+        return message
+    if isinstance(message, Mapping):
+        return HistoryMessage(str(message["role"]), message["content"])
+    role, content = message
+    return HistoryMessage(str(role), content)
+
+
 def normalise(messages: Iterable[HistoryMessage | tuple[str, str] | Mapping[str, str]]) -> list[HistoryMessage]:
     """Accept ``HistoryMessage``, ``(role, content)`` pairs or ``{"role", "content"}`` dicts; drop blank ones."""
-    result: list[HistoryMessage] = []
-    for message in messages:
-        if isinstance(message, HistoryMessage):
-            item = message
-        elif isinstance(message, Mapping):
-            item = HistoryMessage(str(message["role"]), message["content"])
-        else:
-            role, content = message
-            item = HistoryMessage(str(role), content)
-        if isinstance(item.content, str) and not item.content.strip():
-            continue
-        result.append(item)
-    return result
+    result = [as_message(message) for message in messages]
+    return [m for m in result if not (isinstance(m.content, str) and not m.content.strip())]
 
 
 def plan_sync(held: Iterable, incoming: Iterable) -> SyncPlan:
-    """Extend when ``incoming`` starts with all of ``held``; otherwise rebuild from ``incoming``."""
+    """Extend when ``incoming`` starts with all of ``held``; otherwise the session must fork."""
     held = normalise(held)
     incoming = normalise(incoming)
     if len(incoming) >= len(held) and incoming[: len(held)] == held:

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class MessageRef:
-    """Identity of one chat message."""
+    """Identity of one chat message, as the engine knows it: an id and a role.
 
-    session_id: str
+    Sessions, turns and times are the session's business: it keeps them by
+    ``message_id`` and attaches them when it logs evicted text.
+    """
+
     message_id: str
     role: str
-    turn: int
 
 
 @dataclass(frozen=True)
@@ -48,20 +50,12 @@ class EvictedSpan:
     archive: bool
 
     @property
-    def session_id(self) -> str:
-        return self.message.session_id
-
-    @property
     def message_id(self) -> str:
         return self.message.message_id
 
     @property
     def role(self) -> str:
         return self.message.role
-
-    @property
-    def turn(self) -> int:
-        return self.message.turn
 
 
 EvictionSubscriber = Callable[[list[EvictedSpan]], None]
@@ -151,6 +145,24 @@ class Ledger:
             self._messages[slot.message_id].resident_tokens -= 1
             self._next_index[slot.message_id] -= 1
         del self.slots[length:]
+
+    def first_slot(self, message_id: str) -> int | None:
+        """Cache position of the message's first token, or ``None`` if that token is no longer resident."""
+        for position, slot in enumerate(self.slots):
+            if slot.message_id == message_id:
+                return position if slot.index == 0 else None
+        return None
+
+    def rollback(self, length: int) -> None:
+        """Forget slots past ``length`` and every message left with no resident token (undoing a prefill)."""
+        touched = {slot.message_id for slot in self.slots[length:]}
+        self.truncate(length)
+        for message_id in touched:
+            message = self._messages.get(message_id)
+            if message is not None and not message.resident_tokens:
+                del self._messages[message_id]
+                del self._next_index[message_id]
+                self._closed.discard(message_id)
 
     def resident_ranges(self) -> dict[str, tuple[int, int]]:
         """Per message, the character range of its content still in the cache."""

@@ -14,6 +14,10 @@ The policy, in order:
 5. render them as one clearly delimited system message, oldest first, with
    turn numbers, injected right before the user message and marked
    not-to-archive so it is never archived a second time.
+
+Text that is logged but not yet indexed (``pending`` chunks) takes part
+through BM25. If the vector store is unavailable, recall degrades to those
+pending chunks alone and says so (``RecallResult.unavailable``): the turn goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from streamrag.archive import Archive, Memory
+from streamrag.archive import Archive, ArchiveUnavailable, Memory
+from streamrag.chunking import Chunk
 from streamrag.config import RecallSettings
 
 logger = logging.getLogger(__name__)
@@ -29,13 +34,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RecallResult:
-    """What came back for one turn, and why (kept for apps and users to inspect)."""
+    """What came back for one turn, and why (kept for apps and users to inspect).
+
+    ``unavailable`` holds the store's error when the archive could not be
+    searched (only not-yet-indexed text was); ``None`` when recall worked.
+    """
 
     query: str
     memories: list[Memory]
     block: str
     block_tokens: int
     considered: int
+    unavailable: str | None = None
 
 
 def _overlaps_window(memory: Memory, resident: dict[str, tuple[int, int]]) -> bool:
@@ -59,18 +69,29 @@ class RecallPolicy:
         message: str,
         last_reply: str | None = None,
         resident: dict[str, tuple[int, int]] | None = None,
+        pending: list[Chunk] | None = None,
     ) -> RecallResult:
         settings = self.settings
         query = message
         if not settings.enabled or settings.top_k == 0:
             return RecallResult(query, [], "", 0, 0)
-        hits = self.archive.search(session_id, message, k=settings.top_k * 4)
+        unavailable = None
+        queries = [(message, settings.top_k * 4)]
         if settings.use_last_reply and last_reply:
             # The new message leads; the previous reply (often the referent of "it" or "that")
             # only adds candidates after the message's own hits.
             query = f"{message}\n{last_reply}"
-            seen = {h.chunk_id for h in hits}
-            hits += [h for h in self.archive.search(session_id, query, k=settings.top_k * 2) if h.chunk_id not in seen]
+            queries.append((query, settings.top_k * 2))
+        hits: list[Memory] = []
+        seen: set[str] = set()
+        for text, k in queries:
+            try:
+                found = self.archive.search(session_id, text, k=k, pending=pending)
+            except ArchiveUnavailable as exc:
+                unavailable = str(exc)
+                found = self.archive.search_pending(session_id, text, k, pending or [])
+            hits += [h for h in found if h.chunk_id not in seen]
+            seen.update(h.chunk_id for h in found)
         resident = resident or {}
         kept: list[Memory] = []
         texts: set[str] = set()
@@ -94,7 +115,7 @@ class RecallPolicy:
         block = self.render(kept)
         tokens = self.count_tokens(block) if block else 0
         logger.debug("recall: %d of %d hits, %d tokens", len(kept), len(hits), tokens)
-        return RecallResult(query, kept, block, tokens, len(hits))
+        return RecallResult(query, kept, block, tokens, len(hits), unavailable)
 
     @staticmethod
     def _line(memory: Memory) -> str:

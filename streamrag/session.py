@@ -3,30 +3,43 @@
 A user message travels one road (see STYLE.md):
 
     transcript (durable append) -> recall (archive search, budget, skip what
-    is still in the window) -> engine (prefill only the new tokens; evictions
-    are archived before their KV slots drop) -> transcript (the reply)
+    is still in the window) -> engine (prefill only the new tokens; evicted
+    text is appended to the transcript's eviction log before its KV slots
+    drop) -> transcript (the reply)
+
+Beside that road the :class:`~streamrag.indexer.Indexer` embeds the logged
+text into the archive, so an eviction costs one local append, not an
+embedding and a vector-store round trip.
 
 :class:`Resources` holds what several conversations share (the model, the
-archive, the transcript database); :class:`Assistant` is one conversation
-with its own KV cache. :meth:`Assistant.resume` rebuilds a conversation after
-a restart from the transcript's most recent messages.
+archive, the transcript database, the indexer); :class:`Assistant` is one
+conversation with its own KV cache. A turn comes back as a :class:`Reply`
+to iterate. Nothing the user said is deleted except by an explicit
+:meth:`Assistant.undo` or forget: a message list that diverges from the
+stored one supersedes the old messages (they stay stored and archived), and
+every path that rebuilds the cache archives whatever it does not re-feed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamrag.archive import Archive, Memory
+from streamrag.archive import Archive, ArchiveUnavailable, Memory
+from streamrag.chunking import Chunk
 from streamrag.config import ConfigError, StreamRAGConfig, set_dotted
-from streamrag.engine import CacheStats, MessageError, StreamingLM, TurnStats
-from streamrag.history import HistoryMessage, normalise, plan_sync
+from streamrag.engine import FLAT_SETTINGS, CacheStats, Generation, StreamingLM, TurnStats, config_from_settings
+from streamrag.history import HistoryMessage, as_message, normalise, plan_sync
+from streamrag.indexer import Indexer
+from streamrag.ledger import EvictedSpan
 from streamrag.recall import RecallPolicy, RecallResult
-from streamrag.transcript import Transcript
+from streamrag.text import MessageError
+from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +47,18 @@ MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcr
 # What one session may set for itself; the model, archive and data directory are shared by all sessions.
 SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
 TITLE_CHARS = 60
+REFEED_SHARE = 0.75  # a rebuilt cache re-feeds the newest messages that fit in this share of the window
 _SHARED: dict[str, Resources] = {}
 _SHARED_LOCK = threading.Lock()
 
 
 @dataclass
 class Resources:
-    """What all conversations of one process share: model, tokenizer, archive, transcript.
+    """What all conversations of one process share: model, tokenizer, archive, transcript, indexer.
 
-    ``lock`` serialises generation on the shared model: one forward pass at a
-    time, whichever conversation it belongs to.
+    ``lock`` serialises forward passes on the shared model: one at a time,
+    whichever conversation it belongs to. It is taken per step (a prefill, a
+    decoded token), never held while a caller reads a reply.
     """
 
     config: StreamRAGConfig
@@ -52,8 +67,23 @@ class Resources:
     archive: Archive
     transcript: Transcript
     lock: threading.Lock
+    indexer: Indexer | None = None
     _assistants: dict[str, Assistant] = field(default_factory=dict, repr=False, compare=False)
     _assistants_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.indexer is None:
+            settings = self.config.archive
+            self.indexer = Indexer(
+                self.transcript,
+                self.archive,
+                batch=settings.index_batch,
+                idle_s=settings.index_idle_s,
+                busy=self.lock.locked,
+            )
+            # Text logged before a crash or during an outage is indexed without waiting for new evictions.
+            if self.transcript.pending_count():
+                self.indexer.notify()
 
     @classmethod
     def load(cls, config: StreamRAGConfig | None = None) -> Resources:
@@ -99,6 +129,12 @@ class Resources:
                 self._assistants[assistant.session_id] = assistant
             return assistant
 
+    def close(self) -> None:
+        """Stop the indexer (unindexed text stays in the log for next time) and close the transcript."""
+        if self.indexer is not None:
+            self.indexer.close()
+        self.transcript.close()
+
 
 def session_config(base: StreamRAGConfig, settings: dict | None) -> StreamRAGConfig:
     """``base`` with one session's dotted overrides applied; shared sections may not be overridden."""
@@ -114,13 +150,19 @@ def session_config(base: StreamRAGConfig, settings: dict | None) -> StreamRAGCon
 
 @dataclass(frozen=True)
 class SyncResult:
-    """What :meth:`Assistant.sync` did: fed only new messages on top, or rebuilt the session.
+    """What :meth:`Assistant.sync` did with a client's message list.
 
-    ``reused_tokens`` were already in the cache and not prefilled again;
-    ``prefilled_tokens`` is what the sync itself fed.
+    ``forked``: the list diverged from the stored history; the ``superseded``
+    stored messages after the common prefix were set aside (kept in the
+    transcript and archive, no longer fed). ``rebuilt``: the cache had to be
+    rebuilt from the transcript rather than rewound. ``reused_tokens`` were
+    already in the cache and not prefilled again; ``prefilled_tokens`` is
+    what the sync itself fed (a rebuild's re-feed included). Never negative.
     """
 
+    forked: bool
     rebuilt: bool
+    superseded: int
     fed: int
     reused_tokens: int
     prefilled_tokens: int
@@ -128,12 +170,118 @@ class SyncResult:
 
 @dataclass(frozen=True)
 class AssistantStats:
-    """Cache state plus what the archive and transcript hold for this session."""
+    """Cache state plus what the archive and transcript hold for this session.
+
+    ``archived_chunks`` is ``None`` while the archive is unavailable;
+    ``pending_evictions`` counts logged text the indexer has not stored yet.
+    """
 
     cache: CacheStats
-    archived_chunks: int
+    archived_chunks: int | None
+    pending_evictions: int
     transcript_messages: int
-    recalled_last_turn: int
+    archive_unavailable: str | None
+
+
+class Reply(Iterator[str]):
+    """One answer of the assistant, as a value: iterate it for the text, read the rest from it.
+
+    ``message_id`` is the reply's id in the transcript (and the cache);
+    ``recall`` what came back from the archive for this turn
+    (``recall_unavailable`` says whether the archive could not be searched);
+    ``sync`` what a whole-list call did first; ``stats`` the tokens and speed,
+    final once the reply ends; ``stop_reason`` one of eos, length, stop,
+    interrupted.
+
+    Each step takes the session's lock and the shared model's lock only for
+    itself, so a reader that pauses, or abandons the reply, blocks no one.
+    A reply ends when it is exhausted, closed, stopped, or when the session
+    starts its next turn; the text yielded so far is then recorded.
+    """
+
+    def __init__(
+        self,
+        assistant: Assistant,
+        generation: Generation,
+        turn: int,
+        user_message_id: str | None = None,
+        recall: RecallResult | None = None,
+        sync: SyncResult | None = None,
+    ):
+        self.assistant = assistant
+        self.message_id = generation.message_id
+        self.user_message_id = user_message_id
+        self.turn = turn
+        self.recall = recall
+        self.sync = sync
+        self._generation = generation
+        self._done = False
+
+    def __iter__(self) -> Reply:
+        return self
+
+    def __next__(self) -> str:
+        assistant = self.assistant
+        with assistant._lock:
+            if self._done:
+                raise StopIteration
+            if assistant._stop.is_set():
+                self._finish()
+                raise StopIteration
+            try:
+                with assistant.resources.lock:
+                    return next(self._generation)
+            except BaseException:  # StopIteration included: the reply is over either way
+                self._finish()
+                raise
+
+    def close(self) -> None:
+        """End the reply now (a client that went away); the text so far stays, as "interrupted"."""
+        with self.assistant._lock:
+            self._finish()
+
+    def result(self) -> Reply:
+        """Read the reply to its end; returns itself (``assistant.stream(text).result().text``)."""
+        for _ in self:
+            pass
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def text(self) -> str:
+        """The reply's text so far (all of it once :attr:`done`)."""
+        return self._generation.text
+
+    @property
+    def stats(self) -> TurnStats:
+        return self._generation.stats
+
+    @property
+    def stop_reason(self) -> str:
+        return self._generation.stop_reason
+
+    @property
+    def recall_unavailable(self) -> bool:
+        return bool(self.recall and self.recall.unavailable)
+
+    @property
+    def memories(self) -> list[Memory]:
+        return self.recall.memories if self.recall else []
+
+    def _finish(self) -> None:
+        """Close the generation and record what was said (called with the session's lock held)."""
+        if self._done:
+            return
+        self._done = True
+        self._generation.close()
+        self.assistant._record_reply(self)
+
+    def __repr__(self) -> str:
+        state = self.stop_reason or "open"
+        return f"Reply({self.message_id!r}, {state}, {len(self.text)} chars)"
 
 
 class Assistant:
@@ -142,8 +290,9 @@ class Assistant:
     >>> assistant = Assistant.open()                 # embedded models, default config
     >>> assistant.chat("My locker code is 4417.")
     >>> ...                                          # hours of conversation later
-    >>> assistant.chat("What was my locker code?")   # the code comes back from the archive
-    >>> assistant.last_recall.memories               # and you can see why
+    >>> reply = assistant.stream("What was my locker code?")
+    >>> print("".join(reply))                        # the code comes back from the archive
+    >>> reply.memories                               # and you can see why
     """
 
     def __init__(
@@ -162,67 +311,147 @@ class Assistant:
         self.resources = resources
         self.archive = resources.archive
         self.transcript = resources.transcript
+        self.indexer = resources.indexer
         self.session_id = session_id or uuid.uuid4().hex
         meta = {"settings": dict(settings)} if settings else None
+        if settings:
+            session_config(resources.config, settings)  # refuse bad settings before storing anything
         info = self.transcript.create_session(self.session_id, title=title, meta=meta)
         self.settings: dict = dict(info.meta.get("settings") or {})
         self.config = session_config(resources.config, self.settings)
         self._titled = info.title is not None
-        self.lm = StreamingLM(resources.model, resources.tokenizer, self.config, session_id=self.session_id)
-        self.lm.on_evict(self.archive.write)
+        self.lm = StreamingLM(resources.model, resources.tokenizer, self.config)
+        self.lm.on_evict(self._log_evictions)
         self.recall_policy = RecallPolicy(
             self.config.recall, self.archive, self._count_tokens, self.config.cache.window_tokens
         )
-        self.last_recall: RecallResult | None = None
+        self.turn = 0  # user messages so far
+        self._said: dict[str, tuple[int, float]] = {}  # message id -> (turn, time said), for resident messages
         self._last_reply_text: str | None = None
         self._started = False
-        self.last_sync: SyncResult | None = None
-        self._messages_lock = threading.Lock()  # one whole-list call (sync + reply) at a time
+        self._open_reply: Reply | None = None
+        self._lock = threading.RLock()  # one step of this session at a time (a turn, a token, a sync)
         self._stop = threading.Event()  # set by stop(): the reply in progress ends after its current token
 
     # -- construction ---------------------------------------------------
     @classmethod
     def open(
         cls,
-        config: StreamRAGConfig | None = None,
+        model: str | StreamRAGConfig | None = None,
+        config: StreamRAGConfig | str | None = None,
         session_id: str | None = None,
         resources: Resources | None = None,
+        **settings,
     ) -> Assistant:
-        """A new conversation (or an empty one under a given id)."""
-        return cls(resources or Resources.load(config), session_id)
+        """A new conversation (or an empty one under a given id).
+
+        Takes what :meth:`StreamingLM.load` takes: a model spec (hub id,
+        folder, .gguf, None for the embedded one), a config or YAML path, and
+        flat settings (``window_tokens=1020``, ``temperature=0``) or dotted
+        ones. With ``resources`` already loaded, the settings apply to this
+        session alone (only cache, generation, recall and system prompt may).
+        """
+        if isinstance(model, StreamRAGConfig):  # Assistant.open(config)
+            model, config = None, model
+        if resources is not None:
+            if model is not None or config is not None:
+                raise ConfigError("pass either loaded resources or a model/config to load, not both")
+            dotted = {FLAT_SETTINGS.get(k, k): v for k, v in settings.items()}
+            return cls(resources, session_id, settings=dotted or None)
+        return cls(Resources.load(config_from_settings(model, config, **settings)), session_id)
 
     @classmethod
     def resume(
         cls, session_id: str, config: StreamRAGConfig | None = None, resources: Resources | None = None
     ) -> Assistant:
-        """Continue a stored conversation: rebuild the cache from its latest messages."""
+        """Continue a stored conversation: rebuild the cache from its latest messages.
+
+        Everything the rebuilt cache does not hold is in the archive (or its
+        log) afterwards, so no text is lost to recall by a restart.
+        """
         resources = resources or Resources.load(config)
         if resources.transcript.get_session(session_id) is None:
             raise KeyError(f"no session {session_id!r} in {resources.config.data_dir}")
         assistant = cls(resources, session_id)
-        assistant._rebuild()
+        with assistant._lock:
+            assistant._rebuild()
         return assistant
 
     def _count_tokens(self, text: str) -> int:
         return len(self.lm.format.content(text))
 
-    def _rebuild(self) -> None:
+    # -- the eviction log ---------------------------------------------------
+    def _log_evictions(self, spans: list[EvictedSpan]) -> None:
+        """Eviction subscriber: make the text durable in the log (one append), then let the slots go."""
+        records = []
+        for span in spans:
+            if span.archive and span.text:
+                turn, said = self._said_of(span.message_id)
+                records.append(
+                    EvictedText(
+                        self.session_id,
+                        span.message_id,
+                        span.role,
+                        turn,
+                        span.char_start,
+                        span.char_end,
+                        span.text,
+                        said,
+                    )
+                )
+        if records and self.transcript.log_evicted(records):
+            self.indexer.notify()
+        for message_id in [m for m in self._said if m not in self.lm.ledger]:
+            del self._said[message_id]
+
+    def _said_of(self, message_id: str) -> tuple[int, float]:
+        if message_id in self._said:
+            return self._said[message_id]
+        stored = self.transcript.get(message_id)
+        return (stored.turn, stored.created_at) if stored else (self.turn, time.time())
+
+    def _archive_unfed(self, fed: set[str]) -> int:
+        """Log every stored message's text that the cache does not hold, so recall can find it.
+
+        Idempotent (the log clips what it already has). Called by every path
+        that rebuilds the cache from the transcript: resume, undo, a diverging
+        history. Superseded messages are included: they were said.
+        """
+        ends = self.transcript.logged_ends(self.session_id)
+        records = [
+            EvictedText(
+                self.session_id,
+                m.message_id,
+                m.role,
+                m.turn,
+                ends.get(m.message_id, 0),
+                len(m.content),
+                m.content[ends.get(m.message_id, 0) :],
+                m.created_at,
+            )
+            for m in self.transcript.messages(self.session_id, include_superseded=True)
+            if m.role != MEMORY_ROLE and m.message_id not in fed and ends.get(m.message_id, 0) < len(m.content)
+        ]
+        logged = self.transcript.log_evicted(records)
+        if logged:
+            self.indexer.notify()
+            logger.info(
+                "session %s: %d message(s) not re-fed were logged for the archive", self.session_id, len(logged)
+            )
+        return len(logged)
+
+    # -- rebuilding the cache -------------------------------------------------
+    def _rebuild(self) -> int:
         """Feed the opening system message and the newest messages that fit in ~3/4 of the window.
 
-        Re-fed text that gets evicted again is archived under the same
-        deterministic chunk ids, so the archive does not grow duplicates.
+        Whatever is not re-fed is logged for the archive first. Returns the
+        tokens prefilled. Called with the session's lock held.
         """
         messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
-        if not messages:
-            with self.resources.lock:
-                self.lm.reset()
-            self._last_reply_text = None
-            self._started = False
-            return
-        opening = messages[0] if messages[0].role == "system" else None
+        opening = messages[0] if messages and messages[0].role == "system" else None
         rest = messages[1:] if opening else messages
-        budget = int(0.75 * self.config.cache.window_tokens)
-        tail = []
+        budget = int(REFEED_SHARE * self.config.cache.window_tokens)
+        tail: list[StoredMessage] = []
         for message in reversed(rest):
             cost = self._count_tokens(message.content) + 8
             if tail and cost > budget:
@@ -230,17 +459,18 @@ class Assistant:
             tail.append(message)
             budget -= cost
         tail.reverse()
+        feed = ([opening] if opening else []) + tail
+        self._archive_unfed({m.message_id for m in feed})
+        self._said = {m.message_id: (m.turn, m.created_at) for m in feed}
         with self.resources.lock:
             self.lm.reset()
-            if opening:
-                self.lm.add_message("system", opening.content, message_id=opening.message_id, turn=opening.turn)
-            for message in tail:
-                self.lm.add_message(message.role, message.content, message_id=message.message_id, turn=message.turn)
-            self.lm._turn = max((m.turn for m in messages), default=0)
+            prefill = self.lm.add_messages([(m.role, m.content, m.message_id) for m in feed]) if feed else None
+        self.turn = max((m.turn for m in messages), default=0)
         replies = [m for m in messages if m.role == "assistant"]
         self._last_reply_text = replies[-1].content if replies else None
-        self._started = True
-        logger.info("resumed session %s: %d of %d messages re-fed", self.session_id, len(tail), len(messages))
+        self._started = bool(messages)
+        logger.info("session %s: cache rebuilt, %d of %d messages re-fed", self.session_id, len(feed), len(messages))
+        return prefill.tokens if prefill else 0
 
     def _start(self) -> None:
         """The configured system prompt opens a new conversation (and becomes its attention sinks)."""
@@ -248,75 +478,140 @@ class Assistant:
             return
         self._started = True
         prompt = self.config.system_prompt
-        if prompt and self.transcript.count(self.session_id) == 0:
-            self.add_message("system", prompt)
+        if prompt and self.transcript.count(self.session_id, include_superseded=False) == 0:
+            self._feed([HistoryMessage("system", prompt)])
+
+    def _finish_open_reply(self) -> None:
+        """A new step of the conversation ends a reply still open (its text so far is recorded)."""
+        if self._open_reply is not None:
+            self._open_reply.close()
+
+    def _record_reply(self, reply: Reply) -> None:
+        """A reply ended: store its text (if any) as the assistant's message of its turn."""
+        if self._open_reply is reply:
+            self._open_reply = None
+        text = reply.text
+        if text.strip():
+            meta = {"stop_reason": reply.stop_reason}
+            self.transcript.append(
+                self.session_id, "assistant", text, reply.turn, message_id=reply.message_id, meta=meta
+            )
+            self._last_reply_text = text
 
     # -- conversation ---------------------------------------------------
-    def add_message(self, role: str, text: str) -> str:
-        """Append a message without generating (ingesting an existing history). Returns its id."""
-        self.lm._check_message(role, text)
-        self._start()
-        turn = self.lm.turn + 1 if role == "user" else self.lm.turn
-        stored = self.transcript.append(self.session_id, role, text, turn)
-        if role == "user":
-            self._title_from(text)
+    def add_message(self, role: str, text: str, timestamp: float | None = None) -> str:
+        """Append a message without generating (ingesting an existing history). Returns its id.
+
+        ``timestamp`` (Unix time) is when it was said; now by default.
+        """
+        return self.add_messages([(role, text, timestamp)])[0]
+
+    def add_messages(self, messages: Iterable) -> list[str]:
+        """Append many messages without generating, in one transcript commit and packed prefills.
+
+        Takes ``(role, text)`` or ``(role, text, timestamp)`` tuples,
+        ``HistoryMessage`` or ``{"role", "content"}`` dicts. All are checked
+        before any is stored. Returns their ids.
+        """
+        items = []
+        for message in messages:
+            if isinstance(message, tuple) and len(message) == 3:
+                role, text, timestamp = message
+                items.append((HistoryMessage(role, text), timestamp))
+            else:
+                items.append((as_message(message), None))
+        for item, _ in items:
+            self.lm.check_message(item.role, item.content)
+        with self._lock:
+            self._finish_open_reply()
+            self._start()
+            return self._feed([item for item, _ in items], [timestamp for _, timestamp in items])
+
+    def _feed(self, messages: list[HistoryMessage], timestamps: list[float | None] | None = None) -> list[str]:
+        """Store, then prefill, checked messages (with the session's lock held); ids in order.
+
+        If the prefill fails, the messages that never reached the cache are
+        taken back out of the transcript, so a retry does not duplicate them.
+        """
+        timestamps = timestamps or [None] * len(messages)
+        turn = self.turn
+        rows = []
+        for message, timestamp in zip(messages, timestamps):
+            turn = turn + 1 if message.role == "user" else turn
+            rows.append(NewMessage(message.role, message.content, turn, created_at=timestamp))
+        stored = self.transcript.append_many(self.session_id, rows)
+        for row in stored:
+            self._said[row.message_id] = (row.turn, row.created_at)
         try:
             with self.resources.lock:
-                self.lm.add_message(role, text, message_id=stored.message_id, turn=turn)
+                self.lm.add_messages([(m.role, m.content, m.message_id) for m in stored])
         except BaseException:
-            self.transcript.delete_message(stored.message_id)
+            for row in stored:
+                if row.message_id not in self.lm.ledger:
+                    self.transcript.delete_message(row.message_id)
             raise
-        if role == "assistant":
-            self._last_reply_text = text
-        return stored.message_id
+        self.turn = turn
+        users = [m for m in stored if m.role == "user"]
+        if users:
+            self._title_from(users[0].content)
+        replies = [m for m in stored if m.role == "assistant"]
+        if replies:
+            self._last_reply_text = replies[-1].content
+        return [m.message_id for m in stored]
 
-    def stream(self, text: str, **generation) -> Iterator[str]:
-        """Answer a user message, streaming the reply; memories are recalled first."""
-        self.lm._check_message("user", text)
-        self._start()
-        turn = self.lm.turn + 1
+    def stream(self, text: str, **generation) -> Reply:
+        """Answer a user message: recall, prefill, and a :class:`Reply` to iterate for the answer.
+
+        The message is durable in the transcript before anything else
+        happens; if recall or the prefill fails, it is taken back (nothing is
+        left behind) and the error is raised here.
+        """
+        self.lm.check_message("user", text)
+        with self._lock:
+            self._finish_open_reply()
+            self._start()
+            return self._answer(text, generation)
+
+    def _answer(self, text: str, generation: dict, sync: SyncResult | None = None) -> Reply:
+        turn = self.turn + 1
         stored = self.transcript.append(self.session_id, "user", text, turn)
+        self._said[stored.message_id] = (turn, stored.created_at)
+        block_id = None
+        try:
+            with self.resources.lock:
+                recall = self._recall(text)
+                if recall.block:
+                    block = self.transcript.append(self.session_id, MEMORY_ROLE, recall.block, turn)
+                    block_id = block.message_id
+                    self.lm.add_message("system", recall.block, message_id=block_id, archive=False)
+                reply = self.lm.stream_chat(text, message_id=stored.message_id, **generation)
+        except BaseException:
+            # Nothing of the turn reached the model (or only what an eviction already logged): take back the rest.
+            for message_id in (stored.message_id, block_id):
+                if message_id is not None and message_id not in self.lm.ledger:
+                    self.transcript.delete_message(message_id)
+            raise
         self._title_from(text)
-        pieces: list[str] = []
-        reply_id: str | None = None
-        with self.resources.lock:
-            self._stop.clear()
-            try:
-                result = self.recall_policy.recall(
-                    self.session_id, text, self._last_reply_text, self.lm.ledger.resident_ranges()
-                )
-                self.last_recall = result
-                if result.block:
-                    # Recorded under the previous turn in the cache: the user message that follows opens
-                    # ``turn`` (the engine numbers a user message one past the last message's turn).
-                    self.lm.add_message("system", result.block, archive=False, turn=turn - 1)
-                    self.transcript.append(self.session_id, MEMORY_ROLE, result.block, turn)
-                stream = self.lm.stream_chat(text, message_id=stored.message_id, **generation)
-                first = next(stream, None)
-            except BaseException:
-                # The message never reached the model: take it back so a retry does not duplicate it.
-                if stored.message_id not in self.lm.ledger and self.lm.turn < turn:
-                    self.transcript.delete_message(stored.message_id)
-                raise
-            reply_id = self.lm.last_reply.message_id if self.lm.last_reply else None
-            try:
-                piece = first
-                # stop() is checked before asking for the next token, so every token the cache holds
-                # is also in the reply that the transcript records.
-                while piece is not None:
-                    pieces.append(piece)
-                    yield piece
-                    piece = None if self._stop.is_set() else next(stream, None)
-            finally:
-                stream.close()
-                reply = "".join(pieces)
-                if reply_id is not None and reply.strip():
-                    meta = {"stop_reason": self.lm.last_turn.stop_reason}
-                    self.transcript.append(self.session_id, "assistant", reply, turn, message_id=reply_id, meta=meta)
-                    self._last_reply_text = reply
+        self.turn = turn
+        self._said[reply.message_id] = (turn, time.time())
+        self._stop.clear()
+        self._open_reply = Reply(self, reply, turn, stored.message_id, recall, sync)
+        return self._open_reply
+
+    def _recall(self, text: str) -> RecallResult:
+        """Recall for ``text``: wait briefly for the indexer, search the archive and what is still pending."""
+        settings = self.config.recall
+        pending: list[Chunk] = []
+        if settings.enabled and settings.top_k:
+            self.indexer.flush(self.session_id, timeout=settings.index_wait_s)
+            pending = self.indexer.pending_chunks(self.session_id)
+        return self.recall_policy.recall(
+            self.session_id, text, self._last_reply_text, self.lm.ledger.resident_ranges(), pending
+        )
 
     def chat(self, text: str, **generation) -> str:
-        return "".join(self.stream(text, **generation))
+        """Answer a user message and return the whole reply text."""
+        return self.stream(text, **generation).result().text
 
     def stop(self) -> None:
         """End the reply being streamed after its current token (a stop button; safe from any thread).
@@ -326,39 +621,57 @@ class Assistant:
         """
         self._stop.set()
 
+    def stream_reply(self, **generation) -> Reply:
+        """Answer the messages added so far, whatever the last one's role (no recall: there is no new query)."""
+        with self._lock:
+            self._finish_open_reply()
+            self._start()
+            return self._answer_without_message(generation)
+
+    def _answer_without_message(self, generation: dict, sync: SyncResult | None = None) -> Reply:
+        with self.resources.lock:
+            reply = self.lm.stream_reply(**generation)
+        self._said[reply.message_id] = (self.turn, time.time())
+        self._stop.clear()
+        self._open_reply = Reply(self, reply, self.turn, sync=sync)
+        return self._open_reply
+
     def undo(self) -> str | None:
         """Take back the last exchange: the last user message and everything after it.
 
-        Transcript rows, the injected memory block and any memories archived
-        from those messages are deleted, and the cache is rebuilt from what
-        remains (as :meth:`resume` does), so cache and transcript agree again.
+        Transcript rows, the injected memory block, their eviction log and any
+        memories archived from them are deleted (an explicit undo is one of
+        the two ways text is deleted), and the cache is rebuilt from what
+        remains, archiving whatever the rebuilt cache does not hold.
         Returns the user message taken back (``None`` if there was none).
         """
-        stored = self.transcript.messages(self.session_id)
-        last_user = next((m for m in reversed(stored) if m.role == "user"), None)
-        if last_user is None:
-            return None
-        removed = {m.message_id for m in stored if m.seq >= last_user.seq}
-        self.transcript.truncate_after(self.session_id, last_user.seq - 1)
-        for memory in self.archive.list(self.session_id):
-            if memory.message_id in removed:
-                self.archive.forget(self.session_id, memory.chunk_id)
-        self.last_recall = None
-        self._rebuild()
-        logger.info("session %s: took back the exchange from turn %d", self.session_id, last_user.turn)
-        return last_user.content
+        with self._lock:
+            self._finish_open_reply()
+            stored = self.transcript.messages(self.session_id)
+            last_user = next((m for m in reversed(stored) if m.role == "user"), None)
+            if last_user is None:
+                return None
+            removed = {m.message_id for m in stored if m.seq >= last_user.seq}
+            with self.indexer.paused():
+                self.transcript.truncate_after(self.session_id, last_user.seq - 1)
+                try:
+                    for memory in self.archive.list(self.session_id):
+                        if memory.message_id in removed:
+                            self.archive.forget(self.session_id, memory.chunk_id)
+                except ArchiveUnavailable:
+                    logger.warning("undo: the archive is unavailable; chunks of the undone messages stay in it")
+                    raise
+            self._rebuild()
+            logger.info("session %s: took back the exchange from turn %d", self.session_id, last_user.turn)
+            return last_user.content
 
-    def regenerate(self, **generation) -> Iterator[str]:
+    def regenerate(self, **generation) -> Reply:
         """Answer the last user message again: :meth:`undo` it, then :meth:`stream` it anew (recall included)."""
-        text = self.undo()
-        if text is None:
-            raise MessageError("nothing to regenerate: the session has no user message")
-        yield from self.stream(text, **generation)
-
-    @property
-    def last_turn(self) -> TurnStats:
-        """Tokens prefilled and generated by the last reply, and its speed (tokens per second)."""
-        return self.lm.last_turn
+        with self._lock:
+            text = self.undo()
+            if text is None:
+                raise MessageError("nothing to regenerate: the session has no user message")
+            return self.stream(text, **generation)
 
     def _title_from(self, text: str) -> None:
         """A session without a title is named after its first user message (for session lists)."""
@@ -369,36 +682,9 @@ class Assistant:
         self.transcript.rename_session(self.session_id, title)
         self._titled = True
 
-    def stream_reply(self, **generation) -> Iterator[str]:
-        """Answer the messages added so far, whatever the last one's role (no recall: there is no new query)."""
-        self._start()
-        turn = self.lm.turn
-        before = self.lm.last_reply
-        pieces: list[str] = []
-        with self.resources.lock:
-            self._stop.clear()
-            stream = self.lm.stream_reply(**generation)
-            try:
-                while not self._stop.is_set():
-                    piece = next(stream, None)
-                    if piece is None:
-                        break
-                    pieces.append(piece)
-                    yield piece
-            finally:
-                stream.close()
-                reply = "".join(pieces)
-                ref = self.lm.last_reply
-                if ref is not None and ref is not before and reply.strip():
-                    meta = {"stop_reason": self.lm.last_turn.stop_reason}
-                    self.transcript.append(
-                        self.session_id, "assistant", reply, turn, message_id=ref.message_id, meta=meta
-                    )
-                    self._last_reply_text = reply
-
     # -- whole message lists (chat frameworks) ---------------------------
     def history(self) -> list[HistoryMessage]:
-        """The conversation this session holds, oldest first; injected memory blocks are left out."""
+        """The conversation this session holds, oldest first; memory blocks and superseded messages left out."""
         return [
             HistoryMessage(m.role, m.content)
             for m in self.transcript.messages(self.session_id)
@@ -406,95 +692,156 @@ class Assistant:
         ]
 
     def sync(self, messages) -> SyncResult:
-        """Make the session hold exactly ``messages`` (role/content pairs), re-feeding as little as possible.
+        """Make the session's conversation ``messages`` (role/content pairs), re-feeding as little as possible.
 
         If ``messages`` start with everything the session holds, only the new
-        ones are fed. Otherwise (an edited or a different history) the session
-        is rebuilt: its cache, transcript and archived memories are cleared
-        and ``messages`` are fed from the start. See :mod:`streamrag.history`.
+        ones are fed. If they diverge (an edited message, a shorter or a
+        different history), the stored messages after the common prefix are
+        *superseded*: kept in the transcript (and exports), archived so they
+        can still be recalled, but no longer part of the conversation; the
+        cache is rewound to the fork when it still holds it, else rebuilt.
+        Nothing is deleted. See :mod:`streamrag.history`.
         """
         incoming = normalise(messages)
-        held = self.history()
+        with self._lock:
+            self._finish_open_reply()
+            return self._sync(incoming)
+
+    def _sync(self, incoming: list[HistoryMessage]) -> SyncResult:
+        stored = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
+        held = [HistoryMessage(m.role, m.content) for m in stored]
         prompt = self.config.system_prompt
         if prompt and held and held[0] == HistoryMessage("system", prompt):
             if not incoming or incoming[0].role != "system":
-                held = held[1:]  # the configured prompt the session added itself; clients need not repeat it
+                # The configured prompt the session added itself; clients need not repeat it.
+                stored, held = stored[1:], held[1:]
         plan = plan_sync(held, incoming)
         before = self.lm.stats()
-        if plan.rebuild:
-            self._clear()
-            if incoming and incoming[0].role == "system":
-                self._started = True  # the client brings its own system message
-        for message in plan.new:
-            self.add_message(message.role, message.content)
-        after = self.lm.stats()
-        self.last_sync = SyncResult(
-            rebuilt=plan.rebuild,
-            fed=len(plan.new),
-            reused_tokens=0 if plan.rebuild else before.cache_tokens,
-            prefilled_tokens=after.prefilled_tokens - before.prefilled_tokens,
-        )
-        return self.last_sync
+        if not plan.rebuild:
+            if plan.new:
+                self._start()
+                self._feed(list(plan.new))
+            after = self.lm.stats()
+            return SyncResult(
+                False, False, 0, len(plan.new), before.cache_tokens, after.prefilled_tokens - before.prefilled_tokens
+            )
 
-    def stream_messages(self, messages, **generation) -> Iterator[str]:
-        """Answer a whole message list: sync the session to it, then stream the reply.
+        common = 0
+        while common < min(len(held), len(incoming)) and held[common] == incoming[common]:
+            common += 1
+        fork_seq = stored[common - 1].seq if common else self._kept_prompt_seq()
+        superseded = self.transcript.supersede_after(self.session_id, fork_seq)
+        rewound = bool(superseded) and self.lm.truncate_to(superseded[0].message_id)
+        if rewound:
+            self._archive_unfed(set(self.lm.ledger.resident_ranges()))
+            self._after_rewind()
+        else:
+            self._rebuild()
+        reused = self.lm.stats().cache_tokens if rewound else 0
+        new = incoming[common:]
+        if new:
+            if new[0].role == "system" and common == 0:
+                self._started = True  # the client brings its own system message
+            self._start()
+            self._feed(list(new))
+        after = self.lm.stats()
+        logger.info(
+            "session %s: history diverged after %d message(s); %d superseded (kept and archived), cache %s",
+            self.session_id,
+            common,
+            len(superseded),
+            "rewound" if rewound else "rebuilt",
+        )
+        return SyncResult(
+            forked=True,
+            rebuilt=not rewound,
+            superseded=len([m for m in superseded if m.role != MEMORY_ROLE]),
+            fed=len(new),
+            reused_tokens=reused,
+            prefilled_tokens=max(after.prefilled_tokens - before.prefilled_tokens, 0),
+        )
+
+    def _kept_prompt_seq(self) -> int:
+        """The seq a fork at the very start keeps: the configured prompt's, if the session opened with it."""
+        first = self.transcript.messages(self.session_id, limit=1)
+        prompt = self.config.system_prompt
+        if prompt and first and first[0].role == "system" and first[0].content == prompt:
+            return first[0].seq
+        return 0
+
+    def _after_rewind(self) -> None:
+        """Turn number and last reply as the active transcript now says (after superseding its end)."""
+        messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
+        self.turn = max((m.turn for m in messages), default=0)
+        replies = [m for m in messages if m.role == "assistant"]
+        self._last_reply_text = replies[-1].content if replies else None
+        self._started = bool(messages)
+
+    def stream_messages(self, messages, **generation) -> Reply:
+        """Answer a whole message list: sync the session to it, then reply.
 
         A final user message is answered like :meth:`stream` (with recall);
         otherwise the reply follows the synced messages (:meth:`stream_reply`).
+        The :class:`Reply` carries what the sync did (``reply.sync``).
         """
         incoming = normalise(messages)
         if not incoming:
             raise MessageError("no messages to answer")
-        with self._messages_lock:
+        for message in incoming:
+            self.lm.check_message(message.role, message.content)
+        with self._lock:
+            self._finish_open_reply()
             if incoming[-1].role == "user":
-                self.sync(incoming[:-1])
-                yield from self.stream(incoming[-1].content, **generation)
-            else:
-                self.sync(incoming)
-                yield from self.stream_reply(**generation)
+                sync = self._sync(incoming[:-1])
+                self._start()
+                return self._answer(incoming[-1].content, generation, sync)
+            sync = self._sync(incoming)
+            return self._answer_without_message(generation, sync)
 
     def recall(self, text: str) -> RecallResult:
         """What this session would recall for ``text`` right now; nothing is injected or stored."""
-        return self.recall_policy.recall(self.session_id, text, self._last_reply_text, self.lm.ledger.resident_ranges())
-
-    def _clear(self) -> None:
-        """Empty this session (cache, transcript, archive) but keep its id."""
-        self.archive.forget(self.session_id)
-        self.transcript.truncate_after(self.session_id, 0)
-        with self.resources.lock:
-            self.lm.reset()
-        self._last_reply_text = None
-        self.last_recall = None
-        self._started = False
+        with self._lock:
+            return self._recall(text)
 
     # -- inspection and forgetting --------------------------------------
-    @property
-    def recalled(self) -> list[Memory]:
-        return self.last_recall.memories if self.last_recall else []
-
     def stats(self) -> AssistantStats:
+        try:
+            archived = self.archive.count(self.session_id)
+        except ArchiveUnavailable:
+            archived = None
         return AssistantStats(
             cache=self.lm.stats(),
-            archived_chunks=self.archive.count(self.session_id),
+            archived_chunks=archived,
+            pending_evictions=self.transcript.pending_count(self.session_id),
             transcript_messages=self.transcript.count(self.session_id),
-            recalled_last_turn=len(self.recalled),
+            archive_unavailable=self.indexer.unavailable,
         )
 
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything this session evicted is indexed in the archive; False on timeout or outage."""
+        return self.indexer.flush(self.session_id, timeout=timeout)
+
     def search(self, query: str, k: int = 5) -> list[Memory]:
-        return self.archive.search(self.session_id, query, k=k)
+        """The session's archive searched for ``query`` (text not yet indexed included, through BM25)."""
+        return self.archive.search(self.session_id, query, k=k, pending=self.indexer.pending_chunks(self.session_id))
 
     def forget(self, chunk_id: str | None = None) -> int:
         """Delete one memory (by chunk id) or every memory of this session; returns how many."""
-        return self.archive.forget(self.session_id, chunk_id)
+        with self.indexer.paused():
+            return self.archive.forget(self.session_id, chunk_id)
 
     def forget_session(self) -> None:
-        """Delete this session everywhere: archive, transcript and cache (and the process's handle on it)."""
-        self.archive.forget(self.session_id)
-        self.transcript.delete_session(self.session_id)
-        with self.resources._assistants_lock:
-            if self.resources._assistants.get(self.session_id) is self:
-                del self.resources._assistants[self.session_id]
-        with self.resources.lock:
-            self.lm.reset()
-        self._last_reply_text = None
-        self.last_recall = None
+        """Delete this session everywhere: archive, eviction log, transcript and cache (and this handle)."""
+        with self._lock:
+            self._finish_open_reply()
+            with self.indexer.paused():
+                self.archive.forget(self.session_id)
+                self.transcript.delete_session(self.session_id)
+            with self.resources._assistants_lock:
+                if self.resources._assistants.get(self.session_id) is self:
+                    del self.resources._assistants[self.session_id]
+            with self.resources.lock:
+                self.lm.reset()
+            self._said.clear()
+            self._last_reply_text = None
+            self.turn = 0

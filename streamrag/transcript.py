@@ -18,6 +18,19 @@ message the user just typed).
 the messages were appended. It is allocated as ``max(seq) + 1`` inside the
 write transaction, so after :meth:`Transcript.truncate_after` (undo,
 regenerate) the next message takes the position the removed one had.
+
+Nothing is deleted except by an explicit call (undo, forget). A client whose
+message list diverges from the stored one *supersedes* the messages after
+the common prefix (:meth:`Transcript.supersede_after`): they stay, with
+``superseded_at`` set, in exports and in the archive, but leave the
+conversation that is fed to the model.
+
+The same database is the archive's write-ahead log. Text the KV cache is about
+to evict is appended to the ``evicted`` table (:meth:`Transcript.log_evicted`,
+one transaction, one fsync) before its slots drop; a background indexer
+(:mod:`streamrag.indexer`) embeds it into the vector store later and marks the
+rows indexed. Appends are idempotent per message: a range already logged is
+never logged twice, so replays after a crash or a rebuild change nothing.
 """
 
 from __future__ import annotations
@@ -30,13 +43,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLES = ("system", "user", "assistant", "memory")
 # How long a write waits for another *process* holding the write lock (e.g. `streamrag chat`
 # next to `streamrag serve` on the same data dir) before giving up.
@@ -59,13 +72,33 @@ CREATE TABLE IF NOT EXISTS messages (
     turn       INTEGER NOT NULL,
     created_at REAL NOT NULL,
     meta       TEXT NOT NULL DEFAULT '{{}}',
+    superseded_at REAL,
     UNIQUE (session_id, seq)
 );
 CREATE INDEX IF NOT EXISTS messages_by_session_seq ON messages (session_id, seq);
 CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at);
+CREATE TABLE IF NOT EXISTS evicted (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    turn       INTEGER NOT NULL,
+    char_start INTEGER NOT NULL,
+    char_end   INTEGER NOT NULL CHECK (char_end > char_start),
+    text       TEXT NOT NULL,
+    spoken_at  REAL NOT NULL,
+    logged_at  REAL NOT NULL,
+    indexed_at REAL
+);
+CREATE INDEX IF NOT EXISTS evicted_pending ON evicted (seq) WHERE indexed_at IS NULL;
+CREATE INDEX IF NOT EXISTS evicted_by_message ON evicted (message_id, char_start);
+CREATE INDEX IF NOT EXISTS evicted_by_session ON evicted (session_id);
 """
+# Schema 1 -> 2: superseded messages instead of deleted ones; the eviction log.
+_MIGRATIONS = {1: ["ALTER TABLE messages ADD COLUMN superseded_at REAL"]}
 
-_MESSAGE_COLUMNS = "message_id, session_id, seq, role, content, turn, created_at, meta"
+_MESSAGE_COLUMNS = "message_id, session_id, seq, role, content, turn, created_at, meta, superseded_at"
+_EVICTED_COLUMNS = "seq, session_id, message_id, role, turn, char_start, char_end, text, spoken_at"
 _SESSION_QUERY = """
 SELECT s.session_id, s.title, s.created_at, s.updated_at, s.meta,
        (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id) AS message_count
@@ -89,6 +122,39 @@ class StoredMessage:
     turn: int
     created_at: float
     meta: dict[str, Any] = field(default_factory=dict)
+    superseded_at: float | None = None
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to append (see :meth:`Transcript.append`)."""
+
+    role: str
+    content: str
+    turn: int
+    message_id: str | None = None
+    meta: dict[str, Any] | None = None
+    created_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EvictedText:
+    """Text of one message that left (or must be treated as having left) the KV cache.
+
+    ``char_start``/``char_end`` index the message's content; ``spoken_at`` is
+    when the message was said (its transcript time), which memories carry.
+    ``seq`` is the log position, set once the text is logged.
+    """
+
+    session_id: str
+    message_id: str
+    role: str
+    turn: int
+    char_start: int
+    char_end: int
+    text: str
+    spoken_at: float
+    seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +234,9 @@ class Transcript:
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for step in range(max(version, 1), SCHEMA_VERSION) if version else ():
+                    for statement in _MIGRATIONS.get(step, []):
+                        conn.execute(statement)
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -273,8 +342,9 @@ class Transcript:
         return info
 
     def delete_session(self, session_id: str) -> bool:
-        """Delete a session and (by cascade) all its messages. False if there was no such session."""
+        """Delete a session, (by cascade) all its messages, and its eviction log. False if there was no session."""
         with self._write() as conn:
+            conn.execute("DELETE FROM evicted WHERE session_id = ?", (session_id,))
             deleted = conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,)).rowcount
         if deleted:
             logger.info("transcript: deleted session %s", session_id)
@@ -289,8 +359,12 @@ class Transcript:
         turn: int,
         message_id: str | None = None,
         meta: dict[str, Any] | None = None,
+        created_at: float | None = None,
     ) -> StoredMessage:
         """Store one message at the end of its session; it is committed (durable) when this returns.
+
+        ``created_at`` is when it was said (a Unix time; now by default), for
+        histories imported after the fact.
 
         The session is created if it does not exist. Re-appending a
         ``message_id`` that is already stored returns the stored row, unchanged,
@@ -298,56 +372,85 @@ class Transcript:
         compared and not updated): a caller recovering from a crash can simply
         replay its last append. Any difference raises :class:`TranscriptError`.
         """
+        return self.append_many(session_id, [NewMessage(role, content, turn, message_id, meta, created_at)])[0]
+
+    def append_many(self, session_id: str, messages: list[NewMessage]) -> list[StoredMessage]:
+        """Store several messages in order, in one transaction (one fsync): all of them or none.
+
+        Each follows the rules of :meth:`append`; bulk ingestion of a history
+        pays one commit instead of one per message.
+        """
         session_id = _check_id(session_id, "session_id")
-        if role not in ROLES:
-            raise TranscriptError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise TranscriptError(f"message content must be a string, not {type(content).__name__}")
-        if not content.strip():
-            raise TranscriptError(f"refusing to store an empty {role} message in session {session_id!r}")
-        if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
-            raise TranscriptError(f"turn must be a non-negative integer, not {turn!r}")
-        message_id = _check_id(message_id, "message_id") if message_id is not None else uuid.uuid4().hex
-        meta_json = _dump_meta(meta)
+        rows = []
         now = time.time()
+        for message in messages:
+            role, content, turn = message.role, message.content, message.turn
+            if role not in ROLES:
+                raise TranscriptError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+            if not isinstance(content, str):
+                raise TranscriptError(f"message content must be a string, not {type(content).__name__}")
+            if not content.strip():
+                raise TranscriptError(f"refusing to store an empty {role} message in session {session_id!r}")
+            if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
+                raise TranscriptError(f"turn must be a non-negative integer, not {turn!r}")
+            message_id = message.message_id
+            message_id = _check_id(message_id, "message_id") if message_id is not None else uuid.uuid4().hex
+            spoken = now if message.created_at is None else float(message.created_at)
+            rows.append((message_id, role, content, turn, spoken, _dump_meta(message.meta)))
+        stored: list[StoredMessage] = []
         with self._write() as conn:
-            existing = self._message_row(conn, message_id)
-            if existing is not None:
-                same = (existing.session_id, existing.role, existing.content, existing.turn) == (
-                    session_id,
-                    role,
-                    content,
-                    turn,
-                )
-                if same:
-                    logger.debug("transcript: message %s already stored; append is a no-op", message_id)
-                    return existing
-                raise TranscriptError(
-                    f"message id {message_id!r} is already stored (session {existing.session_id!r}, "
-                    f"seq {existing.seq}, role {existing.role}) with different content; use a new id"
-                )
             conn.execute(
                 "INSERT INTO sessions (session_id, title, created_at, updated_at, meta) VALUES (?, NULL, ?, ?, '{}') "
                 "ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at",
                 (session_id, now, now),
             )
             seq = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE session_id = ?", (session_id,)
+                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?", (session_id,)
             ).fetchone()[0]
-            conn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (message_id, session_id, seq, role, content, turn, now, meta_json),
-            )
-        # meta as it will read back (JSON turns tuples into lists, int keys into strings).
-        return StoredMessage(message_id, session_id, seq, role, content, turn, now, _load_meta(meta_json))
+            for message_id, role, content, turn, spoken, meta_json in rows:
+                existing = self._message_row(conn, message_id)
+                if existing is not None:
+                    same = (existing.session_id, existing.role, existing.content, existing.turn) == (
+                        session_id,
+                        role,
+                        content,
+                        turn,
+                    )
+                    if not same:
+                        raise TranscriptError(
+                            f"message id {message_id!r} is already stored (session {existing.session_id!r}, "
+                            f"seq {existing.seq}, role {existing.role}) with different content; use a new id"
+                        )
+                    logger.debug("transcript: message %s already stored; append is a no-op", message_id)
+                    stored.append(existing)
+                    continue
+                seq += 1
+                conn.execute(
+                    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (message_id, session_id, seq, role, content, turn, spoken, meta_json, None),
+                )
+                # meta as it will read back (JSON turns tuples into lists, int keys into strings).
+                stored.append(
+                    StoredMessage(message_id, session_id, seq, role, content, turn, spoken, _load_meta(meta_json))
+                )
+        return stored
 
-    def messages(self, session_id: str, after_seq: int | None = None, limit: int | None = None) -> list[StoredMessage]:
+    def messages(
+        self,
+        session_id: str,
+        after_seq: int | None = None,
+        limit: int | None = None,
+        include_superseded: bool = False,
+    ) -> list[StoredMessage]:
         """A session's messages, oldest first: those with ``seq > after_seq``, at most ``limit`` of them.
 
-        An unknown session has no messages (an empty list, not an error).
+        Superseded messages (see :meth:`supersede_after`) are left out unless
+        ``include_superseded``. An unknown session has no messages (an empty list, not an error).
         """
         query = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ?"
         params: list[Any] = [session_id]
+        if not include_superseded:
+            query += " AND superseded_at IS NULL"
         if after_seq is not None:
             query += " AND seq > ?"
             params.append(int(after_seq))
@@ -357,6 +460,30 @@ class Transcript:
             params.append(_check_limit(limit))
         with self._read() as conn:
             return [_message_from_row(row) for row in conn.execute(query, params)]
+
+    def supersede_after(self, session_id: str, seq: int) -> list[StoredMessage]:
+        """Mark the session's active messages with ``seq`` greater than the given one as superseded.
+
+        Used when a client's message list diverges from the stored one: the
+        messages stay (exported, archived, recallable) but are no longer part
+        of the conversation fed to the model. Returns the messages marked.
+        """
+        now = time.time()
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? "
+                "AND superseded_at IS NULL ORDER BY seq",
+                (session_id, int(seq)),
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE messages SET superseded_at = ? WHERE session_id = ? AND seq > ? AND superseded_at IS NULL",
+                    (now, session_id, int(seq)),
+                )
+                conn.execute("UPDATE sessions SET updated_at = ? WHERE session_id = ?", (now, session_id))
+        if rows:
+            logger.info("transcript: %d message(s) after seq %d of session %s superseded", len(rows), seq, session_id)
+        return [_message_from_row(row) for row in rows]
 
     def tail(self, session_id: str, max_chars: int) -> list[StoredMessage]:
         """The most recent messages whose contents add up to at most ``max_chars``, oldest first.
@@ -383,9 +510,13 @@ class Transcript:
         picked.reverse()
         return picked
 
-    def count(self, session_id: str) -> int:
+    def count(self, session_id: str, include_superseded: bool = True) -> int:
+        """How many messages the session has stored (superseded ones included unless told otherwise)."""
+        query = "SELECT COUNT(*) FROM messages WHERE session_id = ?"
+        if not include_superseded:
+            query += " AND superseded_at IS NULL"
         with self._read() as conn:
-            return conn.execute("SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,)).fetchone()[0]
+            return conn.execute(query, (session_id,)).fetchone()[0]
 
     def get(self, message_id: str) -> StoredMessage | None:
         with self._read() as conn:
@@ -399,6 +530,7 @@ class Transcript:
             if row is None:
                 return False
             conn.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+            conn.execute("DELETE FROM evicted WHERE message_id = ?", (message_id,))
             conn.execute("UPDATE sessions SET updated_at = ? WHERE session_id = ?", (now, row["session_id"]))
         return True
 
@@ -411,6 +543,11 @@ class Transcript:
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone() is None:
                 raise TranscriptError(f"cannot truncate: no session {session_id!r} in {self.path}")
+            conn.execute(
+                "DELETE FROM evicted WHERE message_id IN (SELECT message_id FROM messages "
+                "WHERE session_id = ? AND seq > ?)",
+                (session_id, int(seq)),
+            )
             deleted = conn.execute(
                 "DELETE FROM messages WHERE session_id = ? AND seq > ?", (session_id, int(seq))
             ).rowcount
@@ -434,6 +571,100 @@ class Transcript:
             "session": asdict(info),
             "messages": [asdict(_message_from_row(row)) for row in rows],
         }
+
+    # -- the archive's write-ahead log ------------------------------------
+    def log_evicted(self, records: list[EvictedText]) -> list[EvictedText]:
+        """Append evicted text, durably (one transaction); returns what was new, with its log ``seq``.
+
+        Idempotent per message: each message's logged text is a prefix
+        ``[0, end)`` growing at the end, and a record is clipped to what lies
+        past the logged end, so replaying a record (after a rebuild re-fed
+        and evicted the same message again) logs nothing twice.
+        """
+        records = [r for r in records if r.char_end > r.char_start and r.text]
+        if not records:
+            return []
+        now = time.time()
+        logged: list[EvictedText] = []
+        with self._write() as conn:
+            ends: dict[str, int] = {}
+            for record in records:
+                if record.message_id not in ends:
+                    ends[record.message_id] = conn.execute(
+                        "SELECT COALESCE(MAX(char_end), 0) FROM evicted WHERE message_id = ?", (record.message_id,)
+                    ).fetchone()[0]
+                end = ends[record.message_id]
+                if record.char_end <= end:
+                    continue
+                start = max(record.char_start, end)
+                text = record.text[start - record.char_start :]
+                if end < record.char_start:
+                    logger.warning(
+                        "eviction log: message %s jumps from char %d to %d", record.message_id, end, record.char_start
+                    )
+                cursor = conn.execute(
+                    f"INSERT INTO evicted ({_EVICTED_COLUMNS}, logged_at) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.session_id,
+                        record.message_id,
+                        record.role,
+                        record.turn,
+                        start,
+                        record.char_end,
+                        text,
+                        record.spoken_at,
+                        now,
+                    ),
+                )
+                ends[record.message_id] = record.char_end
+                logged.append(replace(record, char_start=start, text=text, seq=cursor.lastrowid))
+        return logged
+
+    def logged_ends(self, session_id: str) -> dict[str, int]:
+        """Per message of the session, how far (in characters) its text is logged as evicted."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT message_id, MAX(char_end) FROM evicted WHERE session_id = ? GROUP BY message_id", (session_id,)
+            ).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def pending_evicted(self, limit: int = 256, session_id: str | None = None) -> list[EvictedText]:
+        """Logged text not yet indexed into the archive, oldest first."""
+        query = f"SELECT {_EVICTED_COLUMNS} FROM evicted WHERE indexed_at IS NULL"
+        params: list[Any] = []
+        if session_id is not None:
+            query += " AND session_id = ?"
+            params.append(session_id)
+        query += " ORDER BY seq LIMIT ?"
+        params.append(_check_limit(limit))
+        with self._read() as conn:
+            return [_evicted_from_row(row) for row in conn.execute(query, params)]
+
+    def pending_count(self, session_id: str | None = None) -> int:
+        query = "SELECT COUNT(*) FROM evicted WHERE indexed_at IS NULL"
+        params: tuple[Any, ...] = ()
+        if session_id is not None:
+            query += " AND session_id = ?"
+            params = (session_id,)
+        with self._read() as conn:
+            return conn.execute(query, params).fetchone()[0]
+
+    def evicted_text(self, message_id: str, from_char: int = 0) -> list[EvictedText]:
+        """A message's logged pieces that end after ``from_char``, in order (what chunks are cut from)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_EVICTED_COLUMNS} FROM evicted WHERE message_id = ? AND char_end > ? ORDER BY char_start",
+                (message_id, int(from_char)),
+            ).fetchall()
+        return [_evicted_from_row(row) for row in rows]
+
+    def mark_indexed(self, seqs: list[int]) -> None:
+        """The archive holds these log rows now."""
+        if not seqs:
+            return
+        now = time.time()
+        with self._write() as conn:
+            conn.executemany("UPDATE evicted SET indexed_at = ? WHERE seq = ?", [(now, seq) for seq in seqs])
 
     # -- row helpers (called with the lock held) --------------------------
     def _session_row(self, conn: sqlite3.Connection, session_id: str) -> SessionInfo | None:
@@ -472,6 +703,20 @@ def _load_meta(text: str | None) -> dict[str, Any]:
     return json.loads(text) if text else {}
 
 
+def _evicted_from_row(row: sqlite3.Row) -> EvictedText:
+    return EvictedText(
+        session_id=row["session_id"],
+        message_id=row["message_id"],
+        role=row["role"],
+        turn=row["turn"],
+        char_start=row["char_start"],
+        char_end=row["char_end"],
+        text=row["text"],
+        spoken_at=row["spoken_at"],
+        seq=row["seq"],
+    )
+
+
 def _message_from_row(row: sqlite3.Row) -> StoredMessage:
     return StoredMessage(
         message_id=row["message_id"],
@@ -482,6 +727,7 @@ def _message_from_row(row: sqlite3.Row) -> StoredMessage:
         turn=row["turn"],
         created_at=row["created_at"],
         meta=_load_meta(row["meta"]),
+        superseded_at=row["superseded_at"],
     )
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from streamrag.archive import Archive, ArchiveUnavailable
+from streamrag.chunking import Chunk, chunk_id
 from streamrag.embedding import load_sentence_transformer
-from streamrag.ledger import EvictedSpan, MessageRef
 
 FILLER = [
     "We talked about the weather and how grey the sky has been all week.",
@@ -21,8 +21,9 @@ FILLER = [
 ]
 
 
-def span(session: str, message: str, text: str, turn: int = 1, role: str = "user", archive: bool = True):
-    return EvictedSpan(MessageRef(session, message, role, turn), 0, 10, 0, len(text), text, (), archive)
+def span(session: str, message: str, text: str, turn: int = 1, role: str = "user") -> Chunk:
+    """One whole short message as the indexer hands it to the archive."""
+    return Chunk(chunk_id(session, message, 0), text, session, message, role, turn, 0, len(text), True, 1000.0 + turn)
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def archive(archive_settings, tmp_path):
 def fill(archive: Archive, session: str, facts: dict[str, str]) -> None:
     spans = [span(session, f"filler{i}", text, turn=i) for i, text in enumerate(FILLER)]
     spans += [span(session, mid, text, turn=20) for mid, text in facts.items()]
-    assert archive.write(spans) == len(spans)
+    assert archive.upsert(spans) == len(spans)
 
 
 def test_dense_similarity_matches_brute_force_cosine(archive):
@@ -65,18 +66,14 @@ def test_sessions_never_see_each_other(archive):
     assert archive.count("alice") == archive.count("bob") == len(FILLER) + 1
 
 
-def test_recalled_memories_are_not_archived_again(archive):
-    written = archive.write([span("s1", "memblock", "Earlier: the code is 1234.", archive=False)])
-    assert written == 0 and archive.count("s1") == 0
-
-
-def test_writing_the_same_span_twice_is_harmless(archive, tmp_path):
+def test_writing_the_same_chunk_twice_is_harmless(archive, tmp_path):
     spans = [span("s1", "m", "The meeting moved to Thursday at 3pm.")]
-    archive.write(spans)
-    # A new process (fresh chunker state) archiving the same eviction again, as after a crash.
+    archive.upsert(spans)
+    # A new process indexing the same log rows again, as after a crash.
     fresh = Archive(archive.settings, tmp_path, client=archive.client)
-    assert fresh.write(spans) == 1
+    assert fresh.upsert(spans) == 1
     assert archive.count("s1") == 1
+    assert archive.list("s1")[0].created_at == 1001.0  # when it was said, not when it was indexed
 
 
 def test_forget_one_memory_or_a_whole_session(archive):
@@ -100,18 +97,47 @@ def test_a_failed_write_raises_and_a_retry_writes_the_same_chunks(archive, monke
 
     monkeypatch.setattr(archive.collection, "upsert", down)
     with pytest.raises(ArchiveUnavailable, match="connection refused"):
-        archive.write(spans)
+        archive.upsert(spans)
     assert archive.count("s1") == 0
     monkeypatch.setattr(archive.collection, "upsert", original)
-    assert archive.write(spans) == 1
+    assert archive.upsert(spans) == 1
     assert archive.search("s1", "pier 9", k=1)[0].text == spans[0].text
 
 
-def test_an_unreachable_server_is_a_clear_error(tmp_path):
+def test_an_unreachable_server_is_a_clear_error_on_every_call(tmp_path):
     from streamrag.config import ArchiveSettings
 
-    with pytest.raises(ArchiveUnavailable, match="127.0.0.1:9"):
-        Archive(ArchiveSettings(chroma_url="http://127.0.0.1:9"), tmp_path)
+    archive = Archive(ArchiveSettings(chroma_url="http://127.0.0.1:9"), tmp_path)  # starts anyway: retried later
+    for call in (
+        lambda: archive.search("s1", "anything"),
+        lambda: archive.count("s1"),
+        lambda: archive.list("s1"),
+        lambda: archive.upsert([span("s1", "m", "text")]),
+        lambda: archive.forget("s1"),
+    ):
+        with pytest.raises(ArchiveUnavailable, match="127.0.0.1:9"):
+            call()
+
+
+def test_reads_turn_any_store_failure_into_archive_unavailable(archive, monkeypatch):
+    fill(archive, "s1", {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("httpx.ConnectError: [Errno 111] Connection refused")
+
+    monkeypatch.setattr(archive.collection, "query", broken)
+    monkeypatch.setattr(archive.collection, "get", broken)
+    for call in (lambda: archive.search("s1", "weather"), lambda: archive.count("s1"), lambda: archive.list("s1")):
+        with pytest.raises(ArchiveUnavailable, match="Connection refused"):
+            call()
+
+
+def test_pending_chunks_are_found_by_bm25_beside_the_store(archive):
+    fill(archive, "s1", {})
+    waiting = [span("s1", "new", "The new gate code is 7781-B."), span("s2", "other", "gate code 7781-B")]
+    hits = archive.search("s1", "gate code 7781-B", k=3, pending=waiting)
+    assert hits[0].message_id == "new" and hits[0].pending and hits[0].session_id == "s1"
+    assert all(h.session_id == "s1" for h in hits)
 
 
 def test_a_collection_reopens_with_its_own_embedder(tmp_path):

@@ -1,4 +1,4 @@
-"""Archive chunks are the same however evictions cut a message (which makes resume idempotent)."""
+"""Archive chunks are the same however evictions cut a message (which makes resume and re-indexing idempotent)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,19 @@ import random
 import pytest
 
 from streamrag.chunking import Chunker, chunk_id
-from streamrag.ledger import EvictedSpan, MessageRef
-
-REF = MessageRef("s1", "m1", "user", 3)
+from streamrag.transcript import EvictedText
 
 
-def spans_for(text: str, cuts: list[int], ref: MessageRef = REF) -> list[EvictedSpan]:
+def pieces_for(text: str, cuts: list[int], message: str = "m1", role: str = "user") -> list[EvictedText]:
     bounds = [0, *sorted(set(cuts)), len(text)]
-    return [
-        EvictedSpan(ref, i, i + 1, a, b, text[a:b], (), True)
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:]))
-        if b > a
-    ]
+    return [EvictedText("s1", message, role, 3, a, b, text[a:b], 1000.0) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def final_chunks(chunker: Chunker, spans) -> dict[str, str]:
-    """Apply upserts in order: the last text written under each id wins, as in Chroma."""
+def final_chunks(chunker: Chunker, pieces: list[EvictedText]) -> dict[str, str]:
+    """Index the log piece by piece, as the indexer would: the last text written under each id wins (Chroma)."""
     stored: dict[str, str] = {}
-    for span in spans:
-        for chunk in chunker.add(span):
+    for i, piece in enumerate(pieces):
+        for chunk in chunker.chunks(pieces[: i + 1], new_from=piece.char_start):
             stored[chunk.chunk_id] = chunk.text
     return stored
 
@@ -42,47 +36,60 @@ def test_any_eviction_boundaries_give_the_reference_grid(seed):
     text = "".join(rng.choice("abcdefgh ij.\n") for _ in range(rng.randint(50, 3000)))
     size, overlap = rng.choice([(100, 20), (64, 0), (250, 99)])
     cuts = rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(0, 40)))
-    got = final_chunks(Chunker(size, overlap), spans_for(text, cuts))
-    assert got == reference_grid(text, size, overlap)
+    assert final_chunks(Chunker(size, overlap), pieces_for(text, cuts)) == reference_grid(text, size, overlap)
 
 
-def test_evicting_the_same_text_again_after_a_rebuild_changes_nothing():
-    text = "".join(f"sentence {i}. " for i in range(200))
+@pytest.mark.parametrize("seed", range(10))
+def test_indexing_in_batches_of_any_size_gives_the_reference_grid(seed):
+    # The indexer takes whatever rows are pending at once; the chunks must not depend on how many.
+    rng = random.Random(seed)
+    text = "".join(rng.choice("abcdefgh ij.\n") for _ in range(rng.randint(200, 3000)))
+    pieces = pieces_for(text, rng.sample(range(1, len(text)), k=30))
     chunker = Chunker(120, 30)
-    first = final_chunks(chunker, spans_for(text[:1000], [100, 333, 500]))
-    # A resumed process re-feeds the message and evicts it again at other boundaries.
-    again = Chunker(120, 30)
-    second = final_chunks(again, spans_for(text[:1000], [7, 64, 640, 900]))
-    assert first == second
+    stored: dict[str, str] = {}
+    done = 0
+    while done < len(pieces):
+        batch = rng.randint(1, 8)
+        new_from = pieces[done].char_start
+        visible = pieces[: done + batch]
+        lookback = [p for p in visible if p.char_end > chunker.first_affected(new_from)]
+        for chunk in chunker.chunks(lookback, new_from):
+            stored[chunk.chunk_id] = chunk.text
+        done += batch
+    assert stored == reference_grid(text, 120, 30)
 
 
 def test_partial_chunks_are_written_at_once_and_grow_under_the_same_id():
     chunker = Chunker(100, 20)
     text = "x" * 60 + "y" * 60
-    first = chunker.add(spans_for(text[:60], [])[0])
+    pieces = pieces_for(text, [60])
+    first = chunker.chunks(pieces[:1], new_from=0)
     assert [(c.char_start, c.char_end, c.complete) for c in first] == [(0, 60, False)]
-    grown = chunker.add(EvictedSpan(REF, 1, 2, 60, 120, text[60:], (), True))
+    grown = chunker.chunks(pieces, new_from=60)
     by_id = {c.chunk_id: c for c in grown}
     assert by_id[first[0].chunk_id].text == text[:100] and by_id[first[0].chunk_id].complete
     assert chunk_id("s1", "m1", 80) in by_id  # the next window, overlapping by 20
+    assert all(c.spoken_at == 1000.0 and c.turn == 3 for c in grown)
 
 
-def test_template_only_and_unarchived_spans_are_not_chunked_here():
+def test_overlapping_log_pieces_are_read_once_and_gaps_are_never_glued():
     chunker = Chunker(100, 20)
-    assert chunker.add(EvictedSpan(REF, 0, 3, 0, 0, "", (1, 2, 3), True)) == []
-
-
-def test_buffer_memory_is_bounded_by_the_chunk_size():
-    chunker = Chunker(100, 20)
-    text = "z" * 100_000
-    for span in spans_for(text, list(range(37, len(text), 37))):
-        chunker.add(span)
-    assert len(chunker._buffers[("s1", "m1")].text) < 100
+    text = "".join(f"w{i:03d} " for i in range(60))
+    overlapping = [
+        EvictedText("s1", "m1", "user", 1, 0, 50, text[0:50], 0.0),
+        EvictedText("s1", "m1", "user", 1, 30, 90, text[30:90], 0.0),
+    ]
+    assert {c.text for c in chunker.chunks(overlapping, 0)} == {text[0:90], text[80:90]}
+    gap = [
+        EvictedText("s1", "m1", "user", 1, 0, 40, text[0:40], 0.0),
+        EvictedText("s1", "m1", "user", 1, 60, 90, text[60:90], 0.0),
+    ]
+    # Each run is chunked on its own: no chunk holds text from both sides of the gap.
+    assert all(c.text in (text[0:40], text[60:90], text[80:90]) for c in chunker.chunks(gap, 0))
 
 
 def test_messages_never_share_a_chunk():
     chunker = Chunker(100, 20)
-    other = MessageRef("s1", "m2", "assistant", 3)
-    chunks = [c for s in spans_for("a" * 50, []) + spans_for("b" * 50, [], other) for c in chunker.add(s)]
+    chunks = chunker.chunks(pieces_for("a" * 50, []), 0) + chunker.chunks(pieces_for("b" * 50, [], "m2"), 0)
     assert {c.message_id for c in chunks} == {"m1", "m2"}
     assert all(set(c.text) == ({"a"} if c.message_id == "m1" else {"b"}) for c in chunks)

@@ -9,9 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from streamrag.archive import Archive
+from streamrag.chunking import Chunk, chunk_id
 from streamrag.cli import app
 from streamrag.config import StreamRAGConfig
-from streamrag.ledger import EvictedSpan, MessageRef
 from streamrag.transcript import Transcript
 
 runner = CliRunner()
@@ -71,8 +71,22 @@ def test_archive_commands_search_list_export_and_forget(config_file):
     transcript.create_session("s1", title="demo")
     text = "The spare key is under the third flowerpot."
     message = transcript.append("s1", "user", text, 1)
-    ref = MessageRef("s1", message.message_id, "user", 1)
-    archive.write([EvictedSpan(ref, 0, 9, 0, len(text), text, (), True)])
+    archive.upsert(
+        [
+            Chunk(
+                chunk_id("s1", message.message_id, 0),
+                text,
+                "s1",
+                message.message_id,
+                "user",
+                1,
+                0,
+                len(text),
+                True,
+                message.created_at,
+            )
+        ]
+    )
 
     listed = runner.invoke(app, ["archive", "sessions", "-c", str(config_file)])
     assert listed.exit_code == 0 and "s1" in listed.output

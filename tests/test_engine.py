@@ -70,10 +70,11 @@ def test_cache_never_exceeds_sinks_plus_window_over_thousands_of_generated_token
     lm = make_lm(sink_tokens=4, window_tokens=124, evict_chunk=32)
     calls, handle = count_forward_tokens(model)
     try:
-        pieces = list(lm.stream_completion("Once upon a time", max_new_tokens=1500, ignore_eos=True))
+        reply = lm.stream_completion("Once upon a time", max_new_tokens=1500, ignore_eos=True)
+        pieces = list(reply)
     finally:
         handle.remove()
-    assert lm.last_turn.generated_tokens == 1500
+    assert reply.stats.generated_tokens == 1500 and reply.stop_reason == "length"
     assert "".join(pieces).strip()
     # Before every forward pass, the tokens already cached plus the new ones fit the capacity.
     assert max(cached + new for new, cached in calls) <= lm.cache.capacity
@@ -114,13 +115,14 @@ def test_each_turn_prefills_only_its_new_tokens(make_lm, embedded):
             before = len(calls)
             rendered = lm.format.message("user", question, first=lm.stats().messages == 0, generation_prompt=True)
             closing = len(lm.format.assistant_suffix()) if lm.stats().messages else 0
-            lm.chat(question, max_new_tokens=8)
+            reply = lm.stream_chat(question, max_new_tokens=8)
+            "".join(reply)
             turn_calls = calls[before:]
-            sizes.append(lm.last_turn.prefilled_tokens)
+            sizes.append(reply.stats.prefilled_tokens)
             # The turn's first forward pass carries exactly its new tokens (the previous reply's closing
             # tags, the user message, the assistant prompt); every later pass is one generated token.
             assert turn_calls[0][0] == len(rendered) + closing
-            assert lm.last_turn.prefilled_tokens == len(rendered) + closing
+            assert reply.stats.prefilled_tokens == len(rendered) + closing
             assert all(n == 1 for n, _ in turn_calls[1:])
     finally:
         handle.remove()
@@ -150,15 +152,15 @@ def test_evicted_spans_reassemble_the_exact_original_text(make_lm):
     spans = []
     lm.on_evict(spans.extend)
     text = "Zürich café — naïve 東京 résumé 🙂 " + " ".join(f"word{i}" for i in range(80))
-    ref = lm.add_message("user", text)
+    fed = lm.add_message("user", text)
     lm.add_message("user", "push " * 40)
-    mine = sorted((s for s in spans if s.message_id == ref.message_id), key=lambda s: s.token_start)
+    mine = sorted((s for s in spans if s.message_id == fed.message_id), key=lambda s: s.token_start)
     assert mine, "the first message should have been evicted"
     joined = "".join(s.text for s in mine)
     # Spans are contiguous and verbatim: together they are a prefix of what the user wrote.
     assert text.startswith(joined) and len(joined) > len(text) // 2
     assert all(a.token_end == b.token_start for a, b in zip(mine, mine[1:]))
-    assert all(s.role == "user" and s.turn == 1 and s.archive for s in mine)
+    assert all(s.role == "user" and s.archive for s in mine)
 
 
 def test_failing_eviction_subscriber_leaves_cache_unchanged_and_surfaces(make_lm):
@@ -200,7 +202,13 @@ def test_message_longer_than_the_window_is_prefilled_in_chunks(make_lm):
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [("", "empty"), ("   \n ", "empty"), ("x" * 2_000_001, "max_message_chars")],
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("x" * 2_000_001, "max_message_chars"),
+        ("half an emoji \ud83d here", "lone surrogate"),
+        ("\udfff", "not valid Unicode"),
+    ],
 )
 def test_bad_messages_are_refused_without_changing_state(make_lm, content, match):
     lm = make_lm()
@@ -220,7 +228,7 @@ def test_stopping_a_stream_early_keeps_the_session_consistent(make_lm):
         if i == 5:
             break
     stream.close()
-    assert lm.last_turn.stop_reason == "interrupted"
+    assert stream.stop_reason == "interrupted" and stream.stats.generated_tokens == 6
     assert_in_lockstep(lm)
     reply = lm.chat("Now say hi.", max_new_tokens=8)
     assert isinstance(reply, str)
@@ -229,9 +237,10 @@ def test_stopping_a_stream_early_keeps_the_session_consistent(make_lm):
 
 def test_stop_strings_end_the_reply_and_are_not_included(make_lm):
     lm = make_lm(window_tokens=1020)
-    reply = lm.complete("1, 2, 3, 4, 5, 6,", max_new_tokens=30, stop=["9"], ignore_eos=True)
+    generation = lm.stream_completion("1, 2, 3, 4, 5, 6,", max_new_tokens=30, stop=["9"], ignore_eos=True)
+    reply = "".join(generation)
     assert "9" not in reply
-    assert lm.last_turn.stop_reason == "stop"
+    assert generation.stop_reason == "stop"
     assert "7" in reply
 
 
@@ -278,3 +287,65 @@ def test_scoring_works_after_reset_and_refuses_to_mix_with_chat(make_lm, embedde
     lm.add_message("user", "hello")
     with pytest.raises(RuntimeError, match="reset"):
         lm.feed_for_scoring(ids[:8])
+
+
+def test_many_messages_are_packed_into_few_forward_passes_with_the_same_tokens(make_lm, embedded):
+    model, _ = embedded
+    history = [("user" if i % 2 == 0 else "assistant", f"short message number {i}.") for i in range(40)]
+    one_by_one = make_lm(window_tokens=1020, prefill_chunk=256)
+    for role, text in history:
+        one_by_one.add_message(role, text)
+    packed = make_lm(window_tokens=1020, prefill_chunk=256)
+    calls, handle = count_forward_tokens(model)
+    try:
+        prefill = packed.add_messages(history)
+    finally:
+        handle.remove()
+    # The same tokens in the same slots, but one forward pass per prefill_chunk instead of one per message.
+    assert packed.ledger.token_ids() == one_by_one.ledger.token_ids()
+    assert prefill.tokens == len(packed.ledger) and len(prefill.message_ids) == 40
+    assert len(calls) == -(-prefill.tokens // 256) < 40
+    assert torch.allclose(packed.cache.layers[5].keys, one_by_one.cache.layers[5].keys, atol=1e-4)
+    assert_in_lockstep(packed)
+
+
+def test_many_messages_are_all_checked_before_any_is_fed(make_lm):
+    lm = make_lm()
+    lm.add_message("user", "hello")
+    before = lm.stats()
+    with pytest.raises(MessageError, match="empty"):
+        lm.add_messages([("assistant", "fine"), ("user", "  ")])
+    assert lm.stats() == before
+
+
+def test_truncating_to_a_resident_message_equals_never_having_fed_it(make_lm):
+    lm = make_lm(window_tokens=1020)
+    lm.add_message("user", "My favourite tree is the rowan.")
+    "".join(lm.stream_chat("And my favourite bird?", max_new_tokens=6))
+    kept = list(lm.ledger.token_ids())
+    dropped = lm.add_message("user", "Forget that, tell me about oaks.")
+    "".join(lm.stream_chat("More about oaks.", max_new_tokens=6))
+    assert lm.truncate_to(dropped.message_id)
+    # The previous reply's closing tags were fed with the dropped message and stay.
+    assert lm.ledger.token_ids() == kept + lm.format.assistant_suffix()
+    assert dropped.message_id not in lm.ledger
+    assert_in_lockstep(lm)
+    reference = make_lm(window_tokens=1020)
+    reference.add_message("user", "My favourite tree is the rowan.")
+    "".join(reference.stream_chat("And my favourite bird?", max_new_tokens=6))
+    after = "".join(lm.stream_chat("What is my favourite tree?", max_new_tokens=8))
+    expected = "".join(reference.stream_chat("What is my favourite tree?", max_new_tokens=8))
+    assert after == expected
+    assert lm.ledger.token_ids() == reference.ledger.token_ids()
+
+
+def test_truncating_to_an_evicted_message_is_refused_and_changes_nothing(make_lm):
+    lm = make_lm(sink_tokens=4, window_tokens=60, evict_chunk=16)
+    opening = lm.add_message("system", "Be brief.")  # its first tokens are the sinks
+    second = lm.add_message("user", "second message " * 20)
+    lm.add_message("user", "third message " * 20)
+    assert lm.ledger.first_slot(second.message_id) is None  # its start was evicted
+    before = (lm.stats(), list(lm.ledger.token_ids()))
+    assert not lm.truncate_to(second.message_id)
+    assert not lm.truncate_to(opening.message_id)  # the sinks are never dropped
+    assert (lm.stats(), lm.ledger.token_ids()) == before

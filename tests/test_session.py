@@ -17,7 +17,7 @@ import pytest
 from streamrag.archive import Archive, ArchiveUnavailable
 from streamrag.config import StreamRAGConfig
 from streamrag.session import MEMORY_ROLE, Assistant, Resources
-from streamrag.transcript import Transcript
+from streamrag.transcript import Transcript, TranscriptError
 
 FILLER_USER = [
     "Let's talk about gardening. What should I plant in a shady corner?",
@@ -82,22 +82,21 @@ def test_an_early_fact_is_evicted_archived_and_recalled_when_asked(resources):
     run_on(assistant, windows=5)
     stats = assistant.stats()
     assert stats.cache.evicted_tokens > 4 * stats.cache.capacity
+    assert assistant.flush()
     assert any("Trondheim" in m.text for m in resources.archive.list(assistant.session_id))
     assert "Trondheim" not in resources.tokenizer.decode(assistant.lm.ledger.token_ids())
 
-    reply = assistant.chat("Where did my sister move to?")
-    block = assistant.last_recall.block
+    reply = assistant.stream("Where did my sister move to?").result()
+    block = reply.recall.block
     assert block.startswith("Earlier in this conversation:")
     assert "Margarethe moved to Trondheim" in block
-    assert any("Trondheim" in m.text and m.turn == 1 and m.role == "user" for m in assistant.recalled)
-    assert isinstance(reply, str)
+    assert any("Trondheim" in m.text and m.turn == 1 and m.role == "user" for m in reply.memories)
+    assert reply.text and reply.done and not reply.recall_unavailable
     # The user message is durable before recall runs; the injected block is recorded as a memory.
     roles = [m.role for m in resources.transcript.messages(assistant.session_id)[-3:]]
     assert roles == ["user", MEMORY_ROLE, "assistant"]
     # In the cache, the block comes right before the user message.
-    user_slot = next(
-        i for i, s in enumerate(assistant.lm.ledger.slots) if s.message_id == assistant.lm.last_reply.message_id
-    )
+    user_slot = next(i for i, s in enumerate(assistant.lm.ledger.slots) if s.message_id == reply.message_id)
     cached = resources.tokenizer.decode(assistant.lm.ledger.token_ids()[:user_slot])
     assert cached.rindex("Margarethe moved to Trondheim") < cached.rindex("Where did my sister move to?")
 
@@ -110,9 +109,9 @@ def test_a_numeric_code_comes_back_through_bm25_alone(resources):
     assistant.add_message("user", "Please note the parcel tracking code 4471-9082-XK for later.")
     assistant.add_message("assistant", "Noted.")
     run_on(assistant, windows=5)
-    assistant.chat("Status of 4471-9082-XK?")
-    hits = [m for m in assistant.recalled if "4471-9082-XK" in m.text]
-    assert hits, assistant.last_recall
+    reply = assistant.stream("Status of 4471-9082-XK?").result()
+    hits = [m for m in reply.memories if "4471-9082-XK" in m.text]
+    assert hits, reply.recall
     assert hits[0].lexical_score >= config.recall.min_lexical_score
     assert hits[0].similarity is None or hits[0].similarity < 0.99
 
@@ -123,8 +122,9 @@ def test_recalled_memories_are_never_archived_twice(resources):
     assistant.add_message("assistant", "Got it.")
     for round_ in range(3):
         run_on(assistant, windows=2 * (round_ + 1))
-        assistant.chat("What is my gym locker code?")
-        assert "5521" in assistant.last_recall.block
+        reply = assistant.stream("What is my gym locker code?").result()
+        assert "5521" in reply.recall.block
+    assert assistant.flush()
     memories = resources.archive.list(assistant.session_id)
     # The injected blocks were evicted too (three of them) but none was archived...
     memory_ids = {m.message_id for m in resources.transcript.messages(assistant.session_id) if m.role == MEMORY_ROLE}
@@ -140,9 +140,9 @@ def test_two_sessions_never_see_each_others_memories(resources):
     bob.add_message("user", "I collect antique maps of Portugal.")
     run_on(alice, windows=3)
     run_on(bob, windows=3)
-    bob.chat("What is my secret project codenamed? Bluefinch?")
-    assert all(m.session_id == bob.session_id for m in bob.recalled)
-    assert "Bluefinch" not in bob.last_recall.block
+    reply = bob.stream("What is my secret project codenamed? Bluefinch?").result()
+    assert all(m.session_id == bob.session_id for m in reply.memories)
+    assert "Bluefinch" not in reply.recall.block
     assert all(m.session_id == bob.session_id for m in bob.search("Bluefinch secret project", k=20))
 
 
@@ -150,6 +150,7 @@ def test_forget_removes_one_memory_or_the_whole_session(resources):
     assistant = Assistant(resources)
     assistant.add_message("user", "My bank PIN hint is 'the blue door'.")
     run_on(assistant, windows=3)
+    assert assistant.flush()
     hit = next(m for m in assistant.search("bank PIN hint blue door", k=10) if "blue door" in m.text)
     assert assistant.forget(hit.chunk_id) == 1
     assert all("blue door" not in m.text for m in assistant.search("bank PIN hint blue door", k=20))
@@ -159,20 +160,49 @@ def test_forget_removes_one_memory_or_the_whole_session(resources):
     assert resources.transcript.get_session(assistant.session_id) is None
 
 
-def test_an_unreachable_archive_fails_the_turn_and_changes_nothing(resources, monkeypatch):
+def test_a_failing_eviction_log_fails_the_turn_and_changes_nothing(resources, monkeypatch):
     assistant = Assistant(resources)
     assistant.add_message("user", "The first message is long enough to fill a good part of the window. " * 10)
     before_cache = assistant.lm.stats()
     before_messages = resources.transcript.count(assistant.session_id)
 
+    def disk_full(*args, **kwargs):
+        raise TranscriptError("database or disk is full")
+
+    monkeypatch.setattr(resources.transcript, "log_evicted", disk_full)
+    with pytest.raises(TranscriptError, match="disk is full"):
+        assistant.add_message("user", "This message needs room, so something must be evicted. " * 10)
+    # Text may only leave the cache once it is durable: nothing was evicted, nothing stored.
+    assert assistant.lm.stats() == before_cache
+    assert resources.transcript.count(assistant.session_id) == before_messages
+
+
+def test_an_archive_outage_degrades_recall_and_loses_nothing(resources, monkeypatch):
+    assistant = Assistant(resources)
+    assistant.add_message("user", "My locker code at the gym is 5521, please remember it.")
+    assistant.add_message("assistant", "Got it.")
+
     def down(*args, **kwargs):
         raise ConnectionError("connection refused")
 
-    monkeypatch.setattr(resources.archive.collection, "upsert", down)
-    with pytest.raises(ArchiveUnavailable):
-        assistant.add_message("user", "This message needs room, so something must be evicted. " * 10)
-    assert assistant.lm.stats() == before_cache
-    assert resources.transcript.count(assistant.session_id) == before_messages
+    collection = resources.archive.collection
+    for method in ("upsert", "query", "get"):
+        monkeypatch.setattr(collection, method, down)
+    run_on(assistant, windows=3)  # evictions keep happening: they go to the log
+    assert assistant.stats().pending_evictions > 0
+    reply = assistant.stream("What is my gym locker code?").result()
+    assert reply.text and reply.recall_unavailable
+    assert "connection refused" in reply.recall.unavailable
+    # What is logged but not indexed is still recalled, through BM25 over the log.
+    assert any("5521" in m.text and m.pending for m in reply.memories)
+    with pytest.raises(ArchiveUnavailable, match="connection refused"):
+        resources.archive.search(assistant.session_id, "locker code")
+    stats = assistant.stats()
+    assert stats.archived_chunks is None and stats.archive_unavailable
+    monkeypatch.undo()  # the store is back
+    assert assistant.flush(timeout=60)
+    assert assistant.stats().pending_evictions == 0 and assistant.indexer.unavailable is None
+    assert any("5521" in m.text for m in resources.archive.list(assistant.session_id))
 
 
 CHILD = textwrap.dedent(
@@ -237,6 +267,7 @@ def test_killed_mid_conversation_then_resumed_keeps_every_message_exactly_once(e
     assert assistant.lm.stats().cache_tokens > 0
     for i in range(10):
         assistant.add_message("user" if i % 2 == 0 else "assistant", f"after the restart, message {i}. " * 6)
+    assert assistant.flush(timeout=120)
 
     step = config.archive.chunk_chars - config.archive.chunk_overlap_chars
     memories = resources.archive.list("crashy")
@@ -253,4 +284,4 @@ def test_killed_mid_conversation_then_resumed_keeps_every_message_exactly_once(e
     # The messages evicted before the crash are all in the archive.
     archived = {m.message_id for m in memories}
     assert {d["id"] for d in done[:10]} <= archived
-    resources.transcript.close()
+    resources.close()

@@ -20,18 +20,19 @@ def cached_text(assistant: Assistant) -> str:
 def test_stop_ends_the_reply_and_keeps_what_was_shown(make_resources):
     assistant = Assistant(make_resources(generation={"temperature": 0, "max_new_tokens": 48}))
     shown = []
-    for piece in assistant.stream("Tell me a long story about a lighthouse keeper."):
+    reply = assistant.stream("Tell me a long story about a lighthouse keeper.")
+    for piece in reply:
         shown.append(piece)
         if len(shown) == 3:
             assistant.stop()
     assert len(shown) == 3
-    assert assistant.last_turn.stop_reason == "interrupted"
+    assert reply.stop_reason == "interrupted" and reply.done
     reply = assistant.transcript.messages(assistant.session_id)[-1]
     assert (reply.role, reply.content) == ("assistant", "".join(shown))
     assert "".join(shown).strip() in cached_text(assistant)
     # A later reply is not affected by the earlier stop.
-    assistant.chat("Thanks. What is two plus two?")
-    assert assistant.last_turn.stop_reason in {"eos", "length"}
+    later = assistant.stream("Thanks. What is two plus two?").result()
+    assert later.stop_reason in {"eos", "length"}
 
 
 def test_a_closed_stream_records_exactly_the_pieces_it_yielded(make_resources):
@@ -55,7 +56,7 @@ def test_undo_takes_back_the_last_exchange_everywhere(make_resources):
     assert assistant.history() == before
     assert "Quillon" not in cached_text(assistant)
     assert "Pumpernickel" in cached_text(assistant)
-    assert assistant.lm.turn == 1
+    assert assistant.turn == 1
     assistant.chat("What is my cat called?")
     assert [m.turn for m in assistant.transcript.messages(assistant.session_id) if m.role == "user"] == [1, 2]
 
@@ -66,6 +67,7 @@ def test_undo_forgets_memories_archived_from_the_undone_messages(make_resources)
         assistant.add_message(role, content)
     long_message = "The blue heron code word is Marzipan-77. " * 40  # longer than the window: partly evicted
     assistant.chat(long_message)
+    assert assistant.flush()
     assert any("Marzipan-77" in m.text for m in assistant.archive.list(assistant.session_id))
     assert assistant.undo() == long_message
     assert not any("Marzipan-77" in m.text for m in assistant.archive.list(assistant.session_id))
@@ -75,12 +77,12 @@ def test_undo_forgets_memories_archived_from_the_undone_messages(make_resources)
 def test_regenerate_answers_the_last_message_again_without_duplicates(make_resources):
     assistant = Assistant(make_resources())
     first = assistant.chat("Name a colour.")
-    again = "".join(assistant.regenerate())
+    again = assistant.regenerate().result().text
     assert again == first  # greedy decoding from the same context
     rows = [(m.role, m.turn) for m in assistant.transcript.messages(assistant.session_id) if m.role != MEMORY_ROLE]
     assert rows == [("user", 1), ("assistant", 1)]
     with pytest.raises(MessageError):
-        list(Assistant(assistant.resources).regenerate())
+        Assistant(assistant.resources).regenerate()
 
 
 def test_per_session_settings_apply_and_survive_a_restart(make_resources):
@@ -127,9 +129,27 @@ def test_turn_numbers_stay_in_step_after_a_recall(make_resources):
     assistant.add_message("assistant", "Got it.")
     for role, content in filler_history(1.5, assistant.lm.cache.capacity):
         assistant.add_message(role, content)
-    assistant.chat("What is my gym locker code?")
-    assert assistant.last_recall.block
+    reply = assistant.stream("What is my gym locker code?").result()
+    assert reply.recall.block and reply.turn == assistant.turn
     users = [m for m in assistant.transcript.messages(assistant.session_id) if m.role == "user"]
-    assert assistant.lm.turn == users[-1].turn == len(users)
+    assert assistant.turn == users[-1].turn == len(users)
+    block = next(m for m in assistant.transcript.messages(assistant.session_id) if m.role == MEMORY_ROLE)
+    assert block.turn == users[-1].turn
     assistant.chat("Thanks.")
-    assert assistant.lm.turn == len(users) + 1
+    assert assistant.turn == len(users) + 1
+
+
+def test_a_reply_left_half_read_holds_no_lock_and_is_recorded_by_the_next_turn(make_resources):
+    resources = make_resources(generation={"temperature": 0, "max_new_tokens": 48})
+    alice, bob = Assistant(resources), Assistant(resources)
+    reply = alice.stream("Describe the sea in many words.")
+    first = next(reply) + next(reply)
+    assert not resources.lock.locked()
+    assert bob.chat("Hello from another session.")  # runs between two of alice's tokens
+    first += next(reply)  # alice goes on where she was
+    assert reply.text == first and not reply.done
+    alice.chat("And the sky?")  # a new turn ends the reply still open
+    assert reply.done and reply.stop_reason == "interrupted"
+    replies = [m for m in alice.transcript.messages(alice.session_id) if m.role == "assistant"]
+    assert (replies[0].message_id, replies[0].content) == (reply.message_id, first)
+    assert first.strip() in cached_text(alice)

@@ -183,7 +183,7 @@ def test_unserialisable_meta_is_refused(transcript):
 def test_database_check_constraint_backs_up_role_validation(transcript):
     transcript.create_session("s")
     with pytest.raises(sqlite3.IntegrityError):
-        transcript._conn.execute("INSERT INTO messages VALUES ('x', 's', 1, 'robot', 'hi', 1, 0, '{}')")
+        transcript._conn.execute("INSERT INTO messages VALUES ('x', 's', 1, 'robot', 'hi', 1, 0, '{}', NULL)")
 
 
 # -- idempotency ----------------------------------------------------------------
@@ -393,7 +393,7 @@ t = Transcript(Path({str(db_path)!r}))
 t.append("s", "user", "remember me", turn=1, message_id="m-user")
 raw = sqlite3.connect({str(db_path)!r}, isolation_level=None)
 raw.execute("BEGIN IMMEDIATE")
-raw.execute("INSERT INTO messages VALUES ('m-half', 's', 2, 'assistant', 'half a rep', 1, 0, '{{}}')")
+raw.execute("INSERT INTO messages VALUES ('m-half', 's', 2, 'assistant', 'half a rep', 1, 0, '{{}}', NULL)")
 print("ok", flush=True)
 time.sleep(60)
 """

@@ -245,8 +245,8 @@ class _AssistantChat(_EngineChat):
         archived = any(
             m.message_id == fact_id and key in m.text.lower() for m in assistant.archive.list(assistant.session_id)
         )
-        reply = assistant.chat(probe.question)
-        recall = assistant.last_recall
+        turn = assistant.stream(probe.question).result()
+        reply, recall = turn.text, turn.recall
         memories = recall.memories if recall else []
         block = (recall.block if recall else "").lower()
         hit = any(m.message_id == fact_id and key in m.text.lower() for m in memories)
@@ -396,7 +396,7 @@ def measure_archive_costs(
     eviction's worth of chunks) followed by a search (``query_after_write_ms``).
     """
     from streamrag.archive import Archive
-    from streamrag.ledger import EvictedSpan, MessageRef
+    from streamrag.chunking import Chunk, chunk_id
 
     rng = random.Random(f"costs-{seed}")
     step = settings.chunk_chars - settings.chunk_overlap_chars
@@ -409,15 +409,18 @@ def measure_archive_costs(
     chars = 0
     turn = 0
 
-    def spans(count: int) -> list[EvictedSpan]:
+    def spans(count: int) -> list[Chunk]:
+        """``count`` one-chunk messages, as the indexer would hand them to the archive."""
         nonlocal turn, chars
         result = []
         for _ in range(count):
             text = next(texts)
             chars += len(text)
             turn += 1
-            ref = MessageRef(session, uuid.uuid4().hex, "user" if turn % 2 else "assistant", turn // 2)
-            result.append(EvictedSpan(ref, 0, 1, 0, len(text), text, (), True))
+            message_id = uuid.uuid4().hex
+            role = "user" if turn % 2 else "assistant"
+            cid = chunk_id(session, message_id, 0)
+            result.append(Chunk(cid, text, session, message_id, role, turn // 2, 0, len(text), True, time.time()))
         return result
 
     sizes = sorted(set(sizes))
@@ -437,7 +440,7 @@ def measure_archive_costs(
             while written + extra < size:
                 pending = spans(min(batch, size - written - extra))
                 started = time.perf_counter()
-                count = writer.write(pending)
+                count = writer.upsert(pending)
                 write_seconds += time.perf_counter() - started
                 written += count
                 bar.update(task, completed=written + extra)
@@ -461,7 +464,7 @@ def measure_archive_costs(
             result["query_ms"][label] = _percentiles(timings) | {"queries": len(timings)}
             rebuild = []
             for i in range(rebuilds):
-                reader.write(spans(4))
+                reader.upsert(spans(4))
                 started = time.perf_counter()
                 reader.search(session, queries_text[i % len(queries_text)], k=k)
                 rebuild.append(time.perf_counter() - started)

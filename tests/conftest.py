@@ -154,7 +154,7 @@ def make_resources(embedded, tmp_path):
 
     yield build
     for resources in made:
-        resources.transcript.close()
+        resources.close()
 
 
 FILLER = [

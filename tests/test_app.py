@@ -204,7 +204,13 @@ def test_an_abandoned_reply_is_stopped_and_releases_the_shared_model(app):
 
     _, resources, _ = app
     assistant = resources.session(None, settings={"generation.max_new_tokens": 400, "generation.ignore_eos": True})
-    reader = stream_in_worker(assistant, lambda: assistant.stream("Tell me a long story about dragons."))
+    replies = []
+
+    def start():
+        replies.append(assistant.stream("Tell me a long story about dragons."))
+        return replies[-1]
+
+    reader = stream_in_worker(assistant, start)
     shown = next(reader)
     reader.close()  # the tab went away, or the event was cancelled
     deadline = time.monotonic() + 60
@@ -215,7 +221,8 @@ def test_an_abandoned_reply_is_stopped_and_releases_the_shared_model(app):
     assert not resources.lock.locked()
     reply = assistant.transcript.messages(assistant.session_id)[-1]
     assert reply.role == "assistant" and reply.content.startswith(shown)
-    assert assistant.last_turn.stop_reason == "interrupted" and assistant.last_turn.generated_tokens < 400
+    assert replies[0].stop_reason == "interrupted" and replies[0].stats.generated_tokens < 400
+    assert reply.message_id == replies[0].message_id and reply.content == replies[0].text
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -28,31 +28,35 @@ def test_a_ten_turn_conversation_prefills_only_the_new_message_each_call(roomy):
         before = session.lm.stats()
         reply = chat.invoke(messages, config=config)
         after = session.lm.stats()
-        turn = session.lm.last_turn
-        assert session.last_sync.fed == (1 if i == 0 else 0)  # the system message once; then nothing to catch up
-        assert not session.last_sync.rebuilt
+        meta, usage = reply.response_metadata, reply.usage_metadata
+        prefilled = usage["input_tokens"] - usage["input_token_details"]["cache_read"]
+        assert meta["synced_messages"] == (1 if i == 0 else 0)  # the system message once; then nothing to catch up
+        assert not meta["forked"] and not meta["rebuilt"]
+        assert after.prefilled_tokens - before.prefilled_tokens == prefilled == meta["prefilled_tokens"]
         if i > 0:
             # Everything prefilled in this call is the new user message (plus the previous reply's closing tokens).
-            assert after.prefilled_tokens - before.prefilled_tokens == turn.prefilled_tokens
-            assert turn.prefilled_tokens < 30 < before.cache_tokens
-            assert reply.usage_metadata["input_token_details"]["cache_read"] == before.cache_tokens
+            assert prefilled < 30 < before.cache_tokens
+            assert usage["input_token_details"]["cache_read"] == before.cache_tokens
         assert reply.response_metadata["session_id"] == "ten-turns"
         messages.append(reply)
     assert after.evictions == 0 and after.messages == 21
     assert [m.role for m in session.history()] == ["system"] + ["user", "assistant"] * 10
 
 
-def test_a_divergent_history_rebuilds_the_session(roomy):
+def test_a_divergent_history_forks_the_session_and_deletes_nothing(roomy):
     chat = ChatStreamRAG(resources=roomy, max_tokens=8, session_id="edited")
     first = [HumanMessage("My cat is called Tom.")]
     first.append(chat.invoke(first))
     chat.invoke([*first, HumanMessage("What is my cat called?")])
     session = chat.get_session()
-    assert not session.last_sync.rebuilt
+    stored = roomy.transcript.count(session.session_id)
 
     edited = [HumanMessage("My dog is called Rex."), first[1], HumanMessage("What is my dog called?")]
     reply = chat.invoke(edited)
-    assert session.last_sync.rebuilt and reply.response_metadata["rebuilt"]
+    meta = reply.response_metadata
+    assert meta["forked"] and meta["superseded_messages"] == 4
+    assert meta["rebuilt"]  # the edit is at the very start: nothing of the cache can be kept
+    assert all(v >= 0 for v in (reply.usage_metadata["input_tokens"], reply.usage_metadata["output_tokens"]))
     held = session.history()
     assert [(m.role, m.content) for m in held[:3]] == [
         ("user", "My dog is called Rex."),
@@ -60,6 +64,22 @@ def test_a_divergent_history_rebuilds_the_session(roomy):
         ("user", "What is my dog called?"),
     ]
     assert "My cat is called Tom." not in [m.content for m in held]
+    # Nothing was deleted: the old branch is still stored and, once indexed, recallable.
+    assert roomy.transcript.count(session.session_id) >= stored + 3
+    assert session.flush()
+    assert any("Tom" in m.text for m in session.search("cat called Tom", k=5))
+
+    # A retry of the last question (LangChain's history dropped the last exchange): the cache is rewound to the
+    # fork, not rebuilt, and what came before it is not prefilled again.
+    retry = chat.invoke([*edited[:2], HumanMessage("How old is my dog?")])
+    meta = retry.response_metadata
+    assert meta["forked"] and not meta["rebuilt"] and meta["superseded_messages"] == 2
+    assert retry.usage_metadata["input_token_details"]["cache_read"] > 0
+    assert [m.content for m in session.history()][:3] == [
+        "My dog is called Rex.",
+        first[1].content,
+        "How old is my dog?",
+    ]
 
 
 def test_streaming_yields_several_chunks_that_join_to_the_reply(roomy):

@@ -29,7 +29,7 @@ def _resources(embedded, tmp_path_factory):
     )
     _SHARED["resources"] = resources
     yield resources
-    resources.transcript.close()
+    resources.close()
 
 
 class _Declared:
@@ -106,7 +106,7 @@ class TestStreamRAGRetriever(RetrieversIntegrationTests):
         assert resources.archive.count("standard-retriever") >= 3
         _SHARED["archive"] = resources.archive
         yield
-        resources.transcript.close()
+        resources.close()
 
     @property
     def retriever_constructor(self):

@@ -23,7 +23,7 @@ def resources(embedded, tmp_path_factory):
     """One 256-token-cache setup for the module (each test uses its own session ids)."""
     resources = build_resources(embedded, tmp_path_factory.mktemp("llamaindex"))
     yield resources
-    resources.transcript.close()
+    resources.close()
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ def archived(resources):
     session = resources.session("archived")
     history = [("user", FACT), ("assistant", "How exciting for her!")]
     session.sync(history + filler_history(windows=2, capacity=resources.config.cache.capacity))
+    assert session.flush()  # the vector store reads Chroma: wait for the background indexer
     assert FACT not in " ".join(m.text for m in session.lm.ledger.spans(0, session.lm.cache.get_seq_length()))
     return session
 
@@ -51,21 +52,24 @@ def test_stream_complete_gives_cumulative_text_and_new_deltas(resources):
     assert llm.complete("The three primary colours are").text == responses[-1].text
 
 
-def test_chat_extends_the_session_and_rebuilds_when_the_history_diverges(resources):
+def test_chat_extends_the_session_and_forks_when_the_history_diverges(resources):
     llm = StreamRAGLLM(resources=resources, session_id="li-chat", max_new_tokens=6)
     messages = [ChatMessage(role="user", content="Hi, I'm Ada.")]
     for question in ["What is my name?", "Say hello."]:
         reply = llm.chat(messages)
         messages += [reply.message, ChatMessage(role="user", content=question)]
     session = llm.get_session()
+    before = session.lm.stats().prefilled_tokens
     streamed = list(llm.stream_chat(messages))
-    assert not session.last_sync.rebuilt and session.last_sync.fed == 0
+    assert not streamed[-1].additional_kwargs["forked"]
     assert "".join(r.delta for r in streamed) == streamed[-1].message.content
-    assert session.lm.last_turn.prefilled_tokens < 20
+    assert session.lm.stats().prefilled_tokens - before < 20
+    stored = resources.transcript.count(session.session_id)
 
-    llm.chat([ChatMessage(role="user", content="A different conversation.")])
-    assert session.last_sync.rebuilt
+    other = llm.chat([ChatMessage(role="user", content="A different conversation.")])
+    assert other.additional_kwargs["forked"] and other.additional_kwargs["superseded_messages"] == 6
     assert [m.content for m in session.history()][0] == "A different conversation."
+    assert resources.transcript.count(session.session_id) == stored + 2  # kept: superseded, not deleted
 
 
 def test_the_query_engine_answers_from_the_archive(resources, archived):
@@ -87,6 +91,7 @@ def test_the_query_engine_answers_from_the_archive(resources, archived):
 def test_the_vector_store_only_sees_its_own_session(resources, archived):
     other = resources.session("other")
     other.sync(filler_history(windows=1.5, capacity=resources.config.cache.capacity))
+    assert other.flush()
     archive = resources.archive
     embed = StreamRAGEmbedding.from_archive(archive)
     store = StreamRAGVectorStore.from_archive(archive, session_id="other")

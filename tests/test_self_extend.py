@@ -225,12 +225,13 @@ def test_self_extend_cache_never_exceeds_its_capacity_while_generating(make_lm, 
     )
     lengths = []
     lm.add_message("user", "Tell me a long story about the sea and the wind and the ships.")
-    for _ in lm.stream_reply():
+    reply = lm.stream_reply()
+    for _ in reply:
         lengths.append(lm.cache.get_seq_length())
 
     assert lm.cache.evictions >= 2
     assert max(lengths) <= lm.cache.capacity == 64
-    assert lm.last_turn.generated_tokens == 40
+    assert reply.stats.generated_tokens == 40
 
 
 def test_the_mode_switch_does_not_leak_into_other_users_of_the_model(make_lm, embedded):

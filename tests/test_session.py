@@ -54,8 +54,9 @@ def resources(embedded, tmp_path, archive_settings):
     config = config.model_copy(update={"archive": settings})
     archive = Archive(config.archive, tmp_path)
     transcript = Transcript(tmp_path / "transcripts.sqlite3")
-    yield Resources(config, model, tokenizer, archive, transcript, threading.Lock())
-    transcript.close()
+    resources = Resources(config, model, tokenizer, archive, transcript, threading.Lock())
+    yield resources
+    resources.close()
 
 
 def with_config(resources: Resources, config: StreamRAGConfig) -> Resources:

@@ -19,7 +19,7 @@ import gradio as gr
 from streamrag.archive import ArchiveUnavailable
 from streamrag.config import ConfigError
 from streamrag.engine import MessageError
-from streamrag.session import Assistant
+from streamrag.session import Assistant, Reply
 from streamrag_app.panel import panel_data, panel_html
 from streamrag_app.sessions import SETTING_FIELDS, SessionRegistry, new_state
 
@@ -67,10 +67,21 @@ class Handlers:
 
     def __init__(self, registry: SessionRegistry):
         self.registry = registry
+        self._replies: dict[str, Reply] = {}  # each session's last reply, for the memory panel
 
     def _panel(self, assistant: Assistant | None) -> tuple[str, dict]:
-        data = panel_data(assistant)
+        data = panel_data(assistant, self._replies.get(assistant.session_id) if assistant else None)
         return panel_html(data), data
+
+    def _replying(self, assistant: Assistant, start: Callable[[], Reply]) -> Callable[[], Reply]:
+        """``start`` that also remembers the reply it returns, for the panel."""
+
+        def started() -> Reply:
+            reply = start()
+            self._replies[assistant.session_id] = reply
+            return reply
+
+        return started
 
     def _sessions_update(self, state: dict):
         return gr.update(choices=self.registry.choices(), value=state.get("session_id"))
@@ -89,7 +100,9 @@ class Handlers:
         except ConfigError as exc:
             raise gr.Error(str(exc)) from None
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-        yield from self._stream(assistant, lambda: assistant.stream(message), "", history, state)
+        yield from self._stream(
+            assistant, self._replying(assistant, lambda: assistant.stream(message)), "", history, state
+        )
 
     def regenerate(self, history: list | None, state: dict | None) -> Iterator[tuple]:
         """Answer the last user message again (the old reply and its memories are taken back first)."""
@@ -102,7 +115,7 @@ class Handlers:
         while history and history[-1]["role"] != "user":
             history.pop()
         history.append({"role": "assistant", "content": ""})
-        yield from self._stream(assistant, assistant.regenerate, "", history, state)
+        yield from self._stream(assistant, self._replying(assistant, assistant.regenerate), "", history, state)
 
     def _stream(self, assistant: Assistant, make_stream, textbox: str, history: list, state: dict) -> Iterator[tuple]:
         html, data = self._panel(assistant)
@@ -128,6 +141,8 @@ class Handlers:
         state = dict(state or new_state())
         assistant = self.registry.current(state)
         text = assistant.undo() if assistant is not None else None
+        if assistant is not None:
+            self._replies.pop(assistant.session_id, None)
         html, data = self._panel(assistant)
         return text or "", self.registry.chat_history(assistant), html, data, self._sessions_update(state), state
 
@@ -159,10 +174,14 @@ class Handlers:
         assistant = self.registry.current(state or {})
         if assistant is None:
             return []
-        if query and query.strip():
-            memories = assistant.search(query, k=int(k))
-        else:
-            memories = assistant.archive.list(assistant.session_id)
+        try:
+            if query and query.strip():
+                memories = assistant.search(query, k=int(k))
+            else:
+                assistant.flush(timeout=5)  # list what was evicted a moment ago too
+                memories = assistant.archive.list(assistant.session_id)
+        except ArchiveUnavailable as exc:
+            raise gr.Error(f"The archive is unavailable: {exc}") from None
         return [[m.chunk_id, m.turn, m.role, round(m.score, 4), m.text] for m in memories]
 
     def forget(self, chunk_id: str, query: str, k: float, state: dict | None) -> tuple[str, list[list]]:
@@ -179,6 +198,7 @@ class Handlers:
         assistant = self.registry.current(state or {})
         if assistant is not None:
             assistant.forget_session()
+            self._replies.pop(assistant.session_id, None)
         return ("Session deleted." if assistant else "No session yet."), [], *self.new_session(None)
 
     @staticmethod

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import html
 
-from streamrag.session import Assistant
+from streamrag.engine import TurnStats
+from streamrag.session import Assistant, Reply
 
 
-def panel_data(assistant: Assistant | None) -> dict:
-    """The memory panel's data for one session; an empty panel before the first message."""
+def panel_data(assistant: Assistant | None, reply: Reply | None = None) -> dict:
+    """The memory panel's data for one session and its last reply; an empty panel before the first message."""
     if assistant is None:
         return {"session_id": None, "cache": None, "archived_chunks": 0, "recalled": [], "tokens_per_second": 0.0}
     stats = assistant.stats()
     cache = stats.cache
     sinks = min(cache.sink_tokens, cache.cache_tokens)
-    turn = assistant.last_turn
+    turn = reply.stats if reply is not None else TurnStats()
+    unavailable = (
+        reply.recall.unavailable if reply is not None and reply.recall else None
+    ) or stats.archive_unavailable
     return {
         "session_id": assistant.session_id,
-        "turn": assistant.lm.turn,
+        "turn": assistant.turn,
         "cache": {
             "sink_tokens": sinks,
             "sink_capacity": cache.sink_tokens,
@@ -33,6 +37,8 @@ def panel_data(assistant: Assistant | None) -> dict:
             "evictions": cache.evictions,
         },
         "archived_chunks": stats.archived_chunks,
+        "pending_evictions": stats.pending_evictions,
+        "archive_unavailable": unavailable,
         "recalled": [
             {
                 "text": m.text,
@@ -43,7 +49,7 @@ def panel_data(assistant: Assistant | None) -> dict:
                 "lexical_score": None if m.lexical_score is None else round(m.lexical_score, 2),
                 "chunk_id": m.chunk_id,
             }
-            for m in assistant.recalled
+            for m in (reply.memories if reply is not None else [])
         ],
         "tokens_per_second": round(turn.tokens_per_second, 1),
         "generated_tokens": turn.generated_tokens,
@@ -72,6 +78,15 @@ def panel_html(data: dict) -> str:
     )
     if not cards:
         cards = "<p class='srag-dim'>Nothing recalled for this turn.</p>"
+    if data.get("archive_unavailable"):
+        cards = (
+            "<p class='srag-warn'>The archive is unavailable: recall searched only text not yet indexed. "
+            "Evicted text is kept in the transcript's log and indexed when the archive is back.</p>" + cards
+        )
+    archived = data["archived_chunks"]
+    archived_text = "archive unavailable" if archived is None else f"archived {archived} chunks"
+    if data.get("pending_evictions"):
+        archived_text += f" ({data['pending_evictions']} evictions waiting to be indexed)"
     return (
         "<div class='srag-panel'>"
         f"<p><b>Cache</b> {cache['cache_tokens']} / {cache['capacity']} tokens "
@@ -82,7 +97,7 @@ def panel_html(data: dict) -> str:
         "</div>"
         f"<p class='srag-dim'>sinks {cache['sink_tokens']}/{cache['sink_capacity']} · window "
         f"{cache['window_fill']}/{cache['window_tokens']} · evicted {cache['evicted_tokens']} tokens "
-        f"({cache['evictions']} evictions) · archived {data['archived_chunks']} chunks · "
+        f"({cache['evictions']} evictions) · {archived_text} · "
         f"{data['tokens_per_second']:.1f} tok/s last reply</p>"
         f"<p><b>Recalled this turn</b> ({len(recalled)})</p>{cards}"
         "</div>"
@@ -94,5 +109,6 @@ CSS = """
 .srag-sinks { background: #f59e0b; }
 .srag-window { background: #3b82f6; }
 .srag-dim { color: #6b7280; font-size: 0.85em; }
+.srag-warn { color: #b45309; font-size: 0.9em; }
 .srag-memory { border-left: 3px solid #10b981; padding: 4px 8px; margin: 6px 0; background: rgba(16,185,129,.07); }
 """

@@ -23,7 +23,9 @@ def _join(docs) -> str:
 def main(resources=None, max_tokens: int = 48, exchanges: int = 40) -> tuple[list, str]:
     chat = ChatStreamRAG(resources=resources, config=SMALL_WINDOW, max_tokens=max_tokens, temperature=0)
     session = chat.get_session("rag-demo")
-    session.sync(long_history(exchanges))  # ingest the history without generating
+    session.sync(long_history(exchanges))
+    session.flush()  # evicted text is indexed in the background; wait for it before reading the store
+    # ingest the history without generating
     print(
         f"cache: {session.lm.stats().evicted_tokens} tokens evicted, {session.stats().archived_chunks} chunks archived"
     )

@@ -22,7 +22,9 @@ def main(resources=None, max_new_tokens: int = 48, exchanges: int = 40):
     )
     resources = llm.get_resources()
     session = resources.session("archived-chat")
-    session.sync(long_history(exchanges))  # a long conversation: its start is now only in the archive
+    session.sync(long_history(exchanges))
+    session.flush()  # evicted text is indexed in the background; wait for it before reading the store
+    # a long conversation: its start is now only in the archive
     archive = resources.archive
     print(f"{archive.count(session.session_id)} chunks archived for session {session.session_id}")
 

@@ -2,8 +2,10 @@
 
 LangChain sends the whole message list on every call. The session keeps its
 KV cache between calls, so :meth:`streamrag.session.Assistant.stream_messages`
-feeds only the messages that extend what the session holds, and rebuilds the
-session when the list diverges (an edited or a different history).
+feeds only the messages that extend what the session holds. When the list
+diverges (an edited or a different history, a chain called twice under one id)
+the session forks: the stored messages after the common prefix are kept and
+archived, never deleted, and ``response_metadata`` says so.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ _DONE = object()
 class ChatStreamRAG(BaseChatModel):
     """A chat model on a local LM with an attention-sink cache and recall of evicted text.
 
-    The session id comes from ``config["configurable"]["session_id"]``, else
-    the ``session_id`` field, else one id per model instance.
+    The session id comes from ``config["configurable"]["session_id"]`` (or
+    LangGraph's ``thread_id``), else the ``session_id`` field, else one id per
+    model instance.
 
     >>> chat = ChatStreamRAG(max_tokens=64)
     >>> chat.invoke("Hello!", config={"configurable": {"session_id": "ada"}})
@@ -107,7 +110,8 @@ class ChatStreamRAG(BaseChatModel):
     # The configurable session id reaches _generate/_stream as a keyword argument.
     @staticmethod
     def _session_kwargs(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        session_id = ensure_config(config).get("configurable", {}).get("session_id")
+        configurable = ensure_config(config).get("configurable", {})
+        session_id = configurable.get("session_id") or configurable.get("thread_id")
         if session_id and "session_id" not in kwargs:
             return {**kwargs, "session_id": session_id}
         return kwargs
@@ -150,13 +154,13 @@ class ChatStreamRAG(BaseChatModel):
     def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]):
         """The reply as chunks: one per streamed piece, then a last one with usage and metadata."""
         session = self.get_session(kwargs.get("session_id"))
-        pieces = session.stream_messages(to_history(messages), **self._generation(stop, kwargs))
+        reply = session.stream_messages(to_history(messages), **self._generation(stop, kwargs))
         try:
-            for piece in pieces:
+            for piece in reply:
                 yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         finally:
-            pieces.close()
-        sync, turn = session.last_sync, session.lm.last_turn
+            reply.close()
+        sync, turn = reply.sync, reply.stats
         reused = sync.reused_tokens if sync else 0
         prefilled = (sync.prefilled_tokens if sync else 0) + turn.prefilled_tokens
         usage = UsageMetadata(
@@ -170,8 +174,14 @@ class ChatStreamRAG(BaseChatModel):
             "model_provider": "streamrag",
             "session_id": session.session_id,
             "finish_reason": turn.stop_reason,
+            "message_id": reply.message_id,
+            "synced_messages": sync.fed if sync else 0,
+            "forked": bool(sync and sync.forked),
+            "superseded_messages": sync.superseded if sync else 0,
             "rebuilt": bool(sync and sync.rebuilt),
             "prefilled_tokens": prefilled,
+            "recalled": len(reply.memories),
+            "recall_unavailable": reply.recall_unavailable,
         }
         yield ChatGenerationChunk(
             message=AIMessageChunk(content="", usage_metadata=usage, response_metadata=metadata, chunk_position="last"),

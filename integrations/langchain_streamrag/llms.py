@@ -96,7 +96,7 @@ class StreamRAG(LLM):
                     yield chunk
             finally:
                 pieces.close()
-            turn = lm.last_turn
+            turn = pieces.stats
         yield GenerationChunk(
             text="",
             generation_info={

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field
 
 from langchain_streamrag._common import resolve_resources
 from streamrag.archive import Archive, Memory
+from streamrag.indexer import Indexer
 from streamrag.session import Assistant
 
 
@@ -31,22 +32,27 @@ class StreamRAGRetriever(BaseRetriever):
     k: int = 4
     archive: Archive | None = Field(default=None, exclude=True)
     """The archive to search; the process-wide one for ``config`` when ``None``."""
+    indexer: Indexer | None = Field(default=None, exclude=True)
+    """Whose not-yet-indexed text is searched too (BM25 and the embedder, beside the store)."""
     config: Any = None
 
     @classmethod
     def from_session(cls, session: Assistant, **kwargs: Any) -> StreamRAGRetriever:
         """A retriever over the archive of a streamrag session (``ChatStreamRAG.get_session(...)``)."""
-        return cls(session_id=session.session_id, archive=session.archive, **kwargs)
+        return cls(session_id=session.session_id, archive=session.archive, indexer=session.indexer, **kwargs)
 
     def _archive(self) -> Archive:
         if self.archive is None:
-            self.archive = resolve_resources(None, self.config).archive
+            resources = resolve_resources(None, self.config)
+            self.archive, self.indexer = resources.archive, resources.indexer
         return self.archive
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
     ) -> list[Document]:
-        memories = self._archive().search(self.session_id, query, k=k if k is not None else self.k)
+        archive = self._archive()
+        pending = self.indexer.pending_chunks(self.session_id) if self.indexer is not None else None
+        memories = archive.search(self.session_id, query, k=k if k is not None else self.k, pending=pending)
         return [to_document(memory) for memory in memories]
 
 

@@ -607,8 +607,8 @@ def run_recall(
 
             archive = Archive(sink_config.archive, work)
             transcript = Transcript(work / "transcripts.sqlite3")
+            resources = Resources(sink_config, model, tokenizer, archive, transcript, threading.Lock())
             try:
-                resources = Resources(sink_config, model, tokenizer, archive, transcript, threading.Lock())
                 recall_seconds: list[float] = []
                 chats = []
                 for script in scripts:
@@ -628,11 +628,9 @@ def run_recall(
                 }
                 runs["streamrag"] = run
             finally:
-                transcript.close()
+                resources.close()
             for system, cfg in (("streaming_llm", sink_config), ("window", window_config)):
-                chats = [
-                    _EngineChat(StreamingLM(model, tokenizer, cfg, session_id=f"{system}-{s.index}")) for s in scripts
-                ]
+                chats = [_EngineChat(StreamingLM(model, tokenizer, cfg)) for s in scripts]
                 runs[system] = _play(scripts, chats, system, advancer(system))
             runs["ceiling"] = _ceiling(model, tokenizer, sink_config, probes, advancer("ceiling"))
         for system, run in runs.items():

@@ -2,7 +2,8 @@
 
 LlamaIndex sends the whole message list on every ``chat`` call;
 :meth:`streamrag.session.Assistant.stream_messages` feeds only the messages
-that extend what the session holds and rebuilds it when the list diverges.
+that extend what the session holds, and forks it (keeping and archiving the
+old messages) when the list diverges.
 ``complete`` is plain continuation in a fresh context, like a completion API.
 """
 
@@ -141,15 +142,22 @@ class StreamRAGLLM(CustomLLM):
 
         def gen() -> ChatResponseGen:
             text = ""
-            pieces = session.stream_messages(history, **generation)
+            reply = session.stream_messages(history, **generation)
             try:
-                for piece in pieces:
+                for piece in reply:
                     text += piece
                     yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
             finally:
-                pieces.close()
-            turn = session.lm.last_turn
-            info = {"session_id": session.session_id, "stop_reason": turn.stop_reason}
+                reply.close()
+            sync = reply.sync
+            info = {
+                "session_id": session.session_id,
+                "message_id": reply.message_id,
+                "stop_reason": reply.stop_reason,
+                "forked": bool(sync and sync.forked),
+                "superseded_messages": sync.superseded if sync else 0,
+                "recall_unavailable": reply.recall_unavailable,
+            }
             yield ChatResponse(
                 message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta="", additional_kwargs=info
             )

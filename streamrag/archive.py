@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -378,18 +381,113 @@ class Archive:
         return sorted(reranked, key=lambda m: -m.score)
 
     # -- forgetting -----------------------------------------------------
-    def forget(self, session_id: str, chunk_id: str | None = None) -> int:
-        """Delete one memory of a session, or all of them; returns how many were deleted."""
+    def forget(self, session_id: str, chunk_id: str | None = None, message_id: str | None = None) -> int:
+        """Delete one memory, every memory of one message, or every memory of a session; returns how many.
+
+        Deleting removes records from the store's index, not their bytes
+        from its files: call :meth:`compact` for that (forgetting does).
+        """
+        where: dict = {"session_id": session_id}
+        if message_id is not None:
+            where = {"$and": [{"session_id": session_id}, {"message_id": message_id}]}
         with self._lock, self._store("delete"):
             if chunk_id is not None:
-                got = self.collection.get(ids=[chunk_id], where={"session_id": session_id}, include=["metadatas"])
-                ids = got["ids"]
+                ids = self.collection.get(ids=[chunk_id], where=where, include=[])["ids"]
             else:
-                got = self.collection.get(where={"session_id": session_id}, include=["metadatas"])
-                ids = got["ids"]
+                ids = self.collection.get(where=where, include=[])["ids"]
             if ids:
                 self.collection.delete(ids=ids)
             index = self._lexical.get(session_id)
             if index is not None:
-                index.delete(set(ids) if chunk_id is not None else None)
+                index.delete(set(ids) if chunk_id is not None or message_id is not None else None)
             return len(ids)
+
+    def compact(self, timeout: float = 3600) -> float:
+        """Rewrite the embedded store so that deleted records leave no bytes behind; returns the seconds taken.
+
+        Chroma deletes logically: the text stays in its SQLite file (its
+        write-ahead queue, full-text index and free pages) until much later.
+        So the live records of every collection (ids, embeddings, documents,
+        metadata: nothing is embedded again) are copied into a fresh
+        directory, which then replaces the old one. The copy runs in a fresh
+        process: hnswlib writes uninitialised memory of the writing process
+        into unused link slots of its files, and a process that held the
+        forgotten text could leave stray copies of it there. The store is
+        closed meanwhile (this archive holds its lock). A Chroma *server*
+        keeps its own files: there, run ``chroma vacuum`` on the server's directory.
+        """
+        if self.settings.chroma_url is not None:
+            logger.info(
+                "archive at %s is a server: its files are compacted by the server, not by streamrag", self.where
+            )
+            return 0.0
+        started = time.perf_counter()
+        path = Path(self.where)
+        fresh, stale = path.with_name(path.name + ".compacting"), path.with_name(path.name + ".stale")
+        with self._lock:
+            if not path.exists():
+                return 0.0
+            self.close()
+            shutil.rmtree(fresh, ignore_errors=True)
+            command = [sys.executable, "-m", "streamrag.archive", str(path), str(fresh)]
+            command += [self.settings.tenant, self.settings.database]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+            if done.returncode != 0:
+                shutil.rmtree(fresh, ignore_errors=True)
+                raise ArchiveUnavailable(f"rewriting the archive at {path} failed: {done.stderr[-2000:]}")
+            shutil.rmtree(stale, ignore_errors=True)
+            path.rename(stale)
+            fresh.rename(path)
+            shutil.rmtree(stale)
+            self.collection  # noqa: B018 - reopen on the rewritten files
+        seconds = time.perf_counter() - started
+        logger.info("archive %s rewritten without deleted records in %.2f s", self.where, seconds)
+        return seconds
+
+    def close(self) -> None:
+        """Release the store (an embedded one's files); the next call reopens it."""
+        with self._lock:
+            if self.client is not None and hasattr(self.client, "close"):
+                self.client.close()
+            self.client, self._collection = None, None
+
+
+def copy_store(source: Path, target: Path, tenant: str, database: str, batch: int = 2000) -> int:
+    """Every collection of the embedded store at ``source`` into a new one at ``target``; returns records copied.
+
+    Each collection keeps its configuration (distance, embedding function)
+    and metadata; records keep their stored embeddings (nothing is embedded).
+    """
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    old = chromadb.PersistentClient(path=str(source), settings=settings, tenant=tenant, database=database)
+    new = chromadb.PersistentClient(path=str(target), settings=settings, tenant=tenant, database=database)
+    copied = 0
+    try:
+        for collection in old.list_collections():
+            copy = new.create_collection(
+                collection.name, metadata=collection.metadata, configuration=collection.configuration
+            )
+            offset = 0
+            while True:
+                got = collection.get(include=["embeddings", "documents", "metadatas"], limit=batch, offset=offset)
+                if not got["ids"]:
+                    break
+                offset += len(got["ids"])
+                copy.add(
+                    ids=got["ids"], embeddings=got["embeddings"], documents=got["documents"], metadatas=got["metadatas"]
+                )
+                copied += len(got["ids"])
+    finally:
+        old.close()
+        new.close()
+    return copied
+
+
+if __name__ == "__main__":  # the fresh process behind Archive.compact
+    import streamrag.embedding  # noqa: F401 - registers the embedding function the collections name
+
+    logging.basicConfig(level=logging.WARNING)
+    print(copy_store(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]))

@@ -99,23 +99,50 @@ def list_memories(
 @archive_app.command("forget")
 def forget(
     session: str = SessionOption,
-    chunk: str | None = typer.Option(None, "--chunk", help="Forget only this memory (its chunk id)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    chunk: str | None = typer.Option(None, "--chunk", help="Forget the message this memory (chunk id) was cut from."),
+    message: str | None = typer.Option(None, "--message", help="Forget this message (its id)."),
+    keep_record: bool = typer.Option(
+        False, "--keep-record", help="Keep the message's transcript row (marked forgotten); erase the rest."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before forgetting a whole session."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Forget one memory, or a whole session (its archive and its transcript)."""
+    """Forget a message everywhere, or a whole session.
+
+    A memory is a slice of a message, so --chunk forgets the whole message it
+    came from: its archived chunks, its eviction-log rows, the recalled memory
+    blocks that quote it, and its transcript row (unless --keep-record).
+    Without --chunk or --message the whole session goes. Afterwards no search,
+    export or file under the data directory holds the text (an embedded
+    archive is rewritten; a Chroma server compacts its own files). A running
+    assistant drops the text from its cache when it forgets it itself.
+    """
+    from streamrag import forgetting
+    from streamrag.archive import ArchiveUnavailable
+
     archive, transcript = _open(config)
     _require_session(transcript, archive, session)
-    what = f"memory {chunk}" if chunk else f"session {session} (archive and transcript)"
-    if not yes and not typer.confirm(f"Forget {what}?"):
-        raise typer.Exit(1)
-    removed = archive.forget(session, chunk)
-    if chunk is None:
-        transcript.delete_session(session)
-    elif removed == 0:
-        errors.print(f"[red]error:[/red] no memory {chunk!r} in session {session!r}")
-        raise typer.Exit(1)
-    console.print(f"forgot {removed} memor{'y' if removed == 1 else 'ies'}" + ("" if chunk else " and the transcript"))
+    try:
+        if chunk is None and message is None:
+            if not yes and not typer.confirm(f"Forget session {session} (archive and transcript) for good?"):
+                raise typer.Exit(1)
+            done = forgetting.forget_session(transcript, archive, session)
+            console.print(f"forgot the session: {len(done.message_ids)} messages, {done.chunks} memories")
+            return
+        if chunk is not None:
+            message = forgetting.memory_for_chunk(archive, session, chunk).message_id
+        done = forgetting.forget_message(transcript, archive, session, message, keep_record=keep_record)
+    except KeyError as exc:
+        errors.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(1) from None
+    except ArchiveUnavailable as exc:
+        errors.print(f"[red]error:[/red] {exc}; nothing was forgotten")
+        raise typer.Exit(1) from None
+    kept = " (transcript row kept)" if keep_record else ""
+    console.print(
+        f"forgot 1 message{kept}: {done.chunks} memories, {done.memory_blocks} memory blocks, "
+        f"{done.log_rows} log rows; archive rewritten in {done.compact_seconds:.2f} s"
+    )
 
 
 @archive_app.command("export")

@@ -416,7 +416,9 @@ def bench_latency(
     steps: int = typer.Option(64, help="Greedy decode steps timed at each length (64 = one eviction per burst)."),
     recompute_steps: int = typer.Option(4, help="Steps timed for recompute (each one is a full forward pass)."),
     dense_max: int = typer.Option(16000, help="Longest stream measured for dense; longer ones are skipped."),
-    policies: str = typer.Option("sink,dense,recompute", help="Comma-separated subset of sink,dense,recompute."),
+    policies: str = typer.Option(
+        "sink,dense,recompute,archive", help="Comma-separated subset of sink,dense,recompute,archive."
+    ),
     window: int | None = typer.Option(None, "--window", help="window_tokens (default: from the config)."),
     sinks: int | None = typer.Option(None, "--sinks", help="sink_tokens (default: from the config)."),
     evict_chunk: int | None = typer.Option(None, help="Evict at least this many tokens at once."),
@@ -429,7 +431,7 @@ def bench_latency(
     dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Per-token decode latency and memory vs. stream length: sink cache vs. dense vs. recompute."""
+    """Per-token decode latency and memory vs. stream length: sink cache vs. dense vs. recompute vs. with archive."""
     _setup_logging(verbose)
     cfg = load_config(
         config,
@@ -486,6 +488,44 @@ def bench_latency(
                 f"{ratio:.2f}x" if ratio else "",
             )
     Console().print(table)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
+@bench_app.command("crash")
+def bench_crash(
+    trials: int = typer.Option(20, help="Kill-and-resume trials."),
+    min_delay: float = typer.Option(3.0, help="Earliest SIGKILL, seconds after the child is ready."),
+    max_delay: float = typer.Option(30.0, help="Latest SIGKILL, seconds after the child is ready."),
+    seed: int = typer.Option(0, help="Seeds the delays and the conversations."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    name: str = typer.Option("crash", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """SIGKILL a conversation at random points, resume it: count lost, duplicated and unfindable text (all 0)."""
+    _setup_logging(verbose)
+    cfg = load_config(config, **{"model.spec": model})
+    if trials < 1 or not 0 < min_delay <= max_delay:
+        console.print("[red]error:[/red] need --trials >= 1 and 0 < --min-delay <= --max-delay")
+        raise typer.Exit(2)
+    from streamrag.bench.crash import run_crash
+
+    result = run_crash(cfg, out, trials=trials, min_delay=min_delay, max_delay=max_delay, seed=seed, name=name)
+    table = Table(title=f"{trials} SIGKILL trials, each resumed")
+    for column in ("acknowledged", "lost", "duplicated", "uncovered chars", "bad chunks", "integrity ok"):
+        table.add_column(column, justify="right")
+    totals = result["totals"]
+    table.add_row(
+        str(totals["acknowledged"]),
+        str(totals["lost"]),
+        str(totals["duplicated"]),
+        str(totals["uncovered_chars"]),
+        str(totals["mismatched_chunks"]),
+        f"{result['integrity_ok']}/{trials}",
+    )
+    Console().print(table)
+    console.print(f"phases at the kill: {result['phases']}")
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 
 

@@ -22,31 +22,34 @@ every path that rebuilds the cache archives whatever it does not re-feed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from streamrag import forgetting
 from streamrag.archive import Archive, ArchiveUnavailable, Memory
 from streamrag.chunking import Chunk
 from streamrag.config import ConfigError, StreamRAGConfig, set_dotted
 from streamrag.engine import FLAT_SETTINGS, CacheStats, Generation, StreamingLM, TurnStats, config_from_settings
+from streamrag.forgetting import Forgotten
 from streamrag.history import HistoryMessage, as_message, normalise, plan_sync
 from streamrag.indexer import Indexer
 from streamrag.ledger import EvictedSpan
 from streamrag.recall import RecallPolicy, RecallResult
 from streamrag.text import MessageError
-from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript
+from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, quotes, title_of
 
 logger = logging.getLogger(__name__)
 
 MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcript (never re-fed)
 # What one session may set for itself; the model, archive and data directory are shared by all sessions.
 SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
-TITLE_CHARS = 60
+BUSY_GRACE_S = 0.5  # the model counts as in use this long after its last step (the gap between two tokens)
 REFEED_SHARE = 0.75  # a rebuilt cache re-feeds the newest messages that fit in this share of the window
 _SHARED: dict[str, Resources] = {}
 _SHARED_LOCK = threading.Lock()
@@ -68,6 +71,7 @@ class Resources:
     transcript: Transcript
     lock: threading.Lock
     indexer: Indexer | None = None
+    active_at: float = 0.0  # monotonic time the model last finished a step
     _assistants: dict[str, Assistant] = field(default_factory=dict, repr=False, compare=False)
     _assistants_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -79,11 +83,24 @@ class Resources:
                 self.archive,
                 batch=settings.index_batch,
                 idle_s=settings.index_idle_s,
-                busy=self.lock.locked,
+                busy=self.busy,
             )
             # Text logged before a crash or during an outage is indexed without waiting for new evictions.
             if self.transcript.pending_count():
                 self.indexer.notify()
+
+    @contextlib.contextmanager
+    def using_model(self) -> Iterator[None]:
+        """Hold the model for one step (a prefill, one decoded token) and note when it was last used."""
+        with self.lock:
+            try:
+                yield
+            finally:
+                self.active_at = time.monotonic()
+
+    def busy(self) -> bool:
+        """Is a conversation using the model now, or between two of its tokens? (The indexer waits then.)"""
+        return self.lock.locked() or time.monotonic() - self.active_at < BUSY_GRACE_S
 
     @classmethod
     def load(cls, config: StreamRAGConfig | None = None) -> Resources:
@@ -133,6 +150,7 @@ class Resources:
         """Stop the indexer (unindexed text stays in the log for next time) and close the transcript."""
         if self.indexer is not None:
             self.indexer.close()
+        self.archive.close()
         self.transcript.close()
 
 
@@ -229,7 +247,7 @@ class Reply(Iterator[str]):
                 self._finish()
                 raise StopIteration
             try:
-                with assistant.resources.lock:
+                with assistant.resources.using_model():
                     return next(self._generation)
             except BaseException:  # StopIteration included: the reply is over either way
                 self._finish()
@@ -430,7 +448,10 @@ class Assistant:
                 m.created_at,
             )
             for m in self.transcript.messages(self.session_id, include_superseded=True)
-            if m.role != MEMORY_ROLE and m.message_id not in fed and ends.get(m.message_id, 0) < len(m.content)
+            if m.role != MEMORY_ROLE
+            and m.message_id not in fed
+            and not m.meta.get("forgotten_at")
+            and ends.get(m.message_id, 0) < len(m.content)
         ]
         logged = self.transcript.log_evicted(records)
         if logged:
@@ -462,7 +483,7 @@ class Assistant:
         feed = ([opening] if opening else []) + tail
         self._archive_unfed({m.message_id for m in feed})
         self._said = {m.message_id: (m.turn, m.created_at) for m in feed}
-        with self.resources.lock:
+        with self.resources.using_model():
             self.lm.reset()
             prefill = self.lm.add_messages([(m.role, m.content, m.message_id) for m in feed]) if feed else None
         self.turn = max((m.turn for m in messages), default=0)
@@ -543,7 +564,7 @@ class Assistant:
         for row in stored:
             self._said[row.message_id] = (row.turn, row.created_at)
         try:
-            with self.resources.lock:
+            with self.resources.using_model():
                 self.lm.add_messages([(m.role, m.content, m.message_id) for m in stored])
         except BaseException:
             for row in stored:
@@ -578,7 +599,7 @@ class Assistant:
         self._said[stored.message_id] = (turn, stored.created_at)
         block_id = None
         try:
-            with self.resources.lock:
+            with self.resources.using_model():
                 recall = self._recall(text)
                 if recall.block:
                     block = self.transcript.append(self.session_id, MEMORY_ROLE, recall.block, turn)
@@ -629,7 +650,7 @@ class Assistant:
             return self._answer_without_message(generation)
 
     def _answer_without_message(self, generation: dict, sync: SyncResult | None = None) -> Reply:
-        with self.resources.lock:
+        with self.resources.using_model():
             reply = self.lm.stream_reply(**generation)
         self._said[reply.message_id] = (self.turn, time.time())
         self._stop.clear()
@@ -677,9 +698,7 @@ class Assistant:
         """A session without a title is named after its first user message (for session lists)."""
         if self._titled:
             return
-        line = " ".join(text.split())
-        title = line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
-        self.transcript.rename_session(self.session_id, title)
+        self.transcript.rename_session(self.session_id, title_of(text))
         self._titled = True
 
     # -- whole message lists (chat frameworks) ---------------------------
@@ -825,23 +844,57 @@ class Assistant:
         """The session's archive searched for ``query`` (text not yet indexed included, through BM25)."""
         return self.archive.search(self.session_id, query, k=k, pending=self.indexer.pending_chunks(self.session_id))
 
-    def forget(self, chunk_id: str | None = None) -> int:
-        """Delete one memory (by chunk id) or every memory of this session; returns how many."""
-        with self.indexer.paused():
-            return self.archive.forget(self.session_id, chunk_id)
+    def forget(self, chunk_id: str, keep_record: bool = False) -> Forgotten:
+        """Forget a memory: the message it was cut from, everywhere (see :meth:`forget_message`)."""
+        with self._lock:
+            pending = self.indexer.pending_chunks(self.session_id)
+            memory = forgetting.memory_for_chunk(self.archive, self.session_id, chunk_id, pending)
+            return self.forget_message(memory.message_id, keep_record)
 
-    def forget_session(self) -> None:
-        """Delete this session everywhere: archive, eviction log, transcript and cache (and this handle)."""
+    def forget_message(self, message_id: str, keep_record: bool = False) -> Forgotten:
+        """Erase one message's text everywhere, this session's KV cache included (see :mod:`streamrag.forgetting`).
+
+        Afterwards no search, recall or export returns it and no file under
+        the data directory holds it. With ``keep_record`` the transcript row
+        stays, marked forgotten. Other messages that repeated the text (a
+        reply that quoted it) are not touched.
+        """
+        with self._lock:
+            self._finish_open_reply()
+            stored = self.transcript.get(message_id)
+            blocks = [
+                m.message_id
+                for m in self.transcript.messages(self.session_id, include_superseded=True)
+                if stored is not None and m.role == MEMORY_ROLE and quotes(m.content, stored.content)
+            ]
+            resident = any(m in self.lm.ledger for m in (message_id, *blocks))
+            with self.indexer.paused():
+                forgotten = forgetting.forget_message(
+                    self.transcript, self.archive, self.session_id, message_id, keep_record
+                )
+            self._said.pop(message_id, None)
+            if resident:
+                self._rebuild()
+            else:
+                self._after_rewind()  # the turn count and the last reply as the transcript now says
+            return replace(forgotten, cache_rebuilt=resident)
+
+    def forget_session(self) -> Forgotten:
+        """Delete this session everywhere: archive, eviction log, transcript and cache (and this handle).
+
+        As with :meth:`forget_message`, no file under the data directory holds
+        its text afterwards.
+        """
         with self._lock:
             self._finish_open_reply()
             with self.indexer.paused():
-                self.archive.forget(self.session_id)
-                self.transcript.delete_session(self.session_id)
+                forgotten = forgetting.forget_session(self.transcript, self.archive, self.session_id)
             with self.resources._assistants_lock:
                 if self.resources._assistants.get(self.session_id) is self:
                     del self.resources._assistants[self.session_id]
-            with self.resources.lock:
+            with self.resources.using_model():
                 self.lm.reset()
             self._said.clear()
             self._last_reply_text = None
             self.turn = 0
+            return replace(forgotten, cache_rebuilt=True)

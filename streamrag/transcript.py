@@ -231,6 +231,8 @@ class Transcript:
             logger.warning("transcript %s: WAL unavailable, journal_mode is %s", self.path, mode)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows are overwritten with zeros, not left in free pages: forgetting removes the bytes.
+        conn.execute("PRAGMA secure_delete=ON")
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -346,6 +348,7 @@ class Transcript:
         with self._write() as conn:
             conn.execute("DELETE FROM evicted WHERE session_id = ?", (session_id,))
             deleted = conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,)).rowcount
+        self.checkpoint()
         if deleted:
             logger.info("transcript: deleted session %s", session_id)
         return bool(deleted)
@@ -554,6 +557,7 @@ class Transcript:
             if deleted:
                 conn.execute("UPDATE sessions SET updated_at = ? WHERE session_id = ?", (now, session_id))
         if deleted:
+            self.checkpoint()
             logger.info("transcript: removed %d message(s) after seq %d in session %s", deleted, seq, session_id)
         return deleted
 
@@ -571,6 +575,76 @@ class Transcript:
             "session": asdict(info),
             "messages": [asdict(_message_from_row(row)) for row in rows],
         }
+
+    def forget_message(self, message_id: str, keep_record: bool = False) -> dict[str, int]:
+        """Erase a message's text from the database: its eviction log, the memory blocks quoting it, its row.
+
+        With ``keep_record`` the message row stays (marked forgotten and
+        superseded: never fed to the model or archived again); everything
+        derived from it still goes. A memory block (a recalled ``memory``
+        row) is erased when one of its lines quotes the message. The session
+        title is re-derived if the message gave it. Rows are overwritten
+        (``secure_delete``) and the WAL is truncated, so no file holds the
+        text afterwards. Returns counts of what was removed.
+        """
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise TranscriptError(f"cannot forget: no message {message_id!r} in {self.path}")
+            message = _message_from_row(row)
+            log_rows = conn.execute("DELETE FROM evicted WHERE message_id = ?", (message_id,)).rowcount
+            blocks = [
+                r["message_id"]
+                for r in conn.execute(
+                    "SELECT message_id, content FROM messages WHERE session_id = ? AND role = 'memory'",
+                    (message.session_id,),
+                )
+                if quotes(r["content"], message.content)
+            ]
+            for block in blocks:
+                conn.execute("DELETE FROM messages WHERE message_id = ?", (block,))
+            if keep_record:
+                meta = message.meta | {"forgotten_at": now}
+                conn.execute(
+                    "UPDATE messages SET meta = ?, superseded_at = COALESCE(superseded_at, ?) WHERE message_id = ?",
+                    (_dump_meta(meta), now, message_id),
+                )
+            else:
+                conn.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+                self._retitle(conn, message)
+            conn.execute("UPDATE sessions SET updated_at = ? WHERE session_id = ?", (now, message.session_id))
+        self.checkpoint()
+        logger.info("transcript: forgot message %s (%d log rows, %d memory blocks)", message_id, log_rows, len(blocks))
+        return {"log_rows": log_rows, "memory_blocks": len(blocks), "messages": 0 if keep_record else 1}
+
+    def _retitle(self, conn: sqlite3.Connection, forgotten: StoredMessage) -> None:
+        """A title cut from a forgotten message goes with it; the next user message names the session instead."""
+        title = conn.execute("SELECT title FROM sessions WHERE session_id = ?", (forgotten.session_id,)).fetchone()
+        if title is None or title[0] is None:
+            return
+        words = " ".join(forgotten.content.split())
+        if not (title[0] == words or (title[0].endswith("…") and words.startswith(title[0][:-1]))):
+            return
+        nxt = conn.execute(
+            "SELECT content FROM messages WHERE session_id = ? AND role = 'user' ORDER BY seq LIMIT 1",
+            (forgotten.session_id,),
+        ).fetchone()
+        conn.execute(
+            "UPDATE sessions SET title = ? WHERE session_id = ?",
+            (title_of(nxt[0]) if nxt else None, forgotten.session_id),
+        )
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to zero bytes (no stale page copies stay behind)."""
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise TranscriptError(f"transcript {self.path}: checkpoint failed: {exc}") from exc
 
     # -- the archive's write-ahead log ------------------------------------
     def log_evicted(self, records: list[EvictedText]) -> list[EvictedText]:
@@ -674,6 +748,24 @@ class Transcript:
     def _message_row(self, conn: sqlite3.Connection, message_id: str) -> StoredMessage | None:
         row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ?", (message_id,)).fetchone()
         return _message_from_row(row) if row is not None else None
+
+
+TITLE_CHARS = 60
+
+
+def title_of(text: str) -> str:
+    """A session title from a message: its first line of words, cut to ``TITLE_CHARS`` with an ellipsis."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def quotes(block: str, content: str) -> bool:
+    """Does a memory block quote ``content``? Its lines read ``- (turn N, role) <verbatim chunk text>``."""
+    for line in block.splitlines():
+        _, marker, quoted = line.partition(") ")
+        if marker and quoted.strip() and quoted.strip() in content:
+            return True
+    return False
 
 
 def _check_id(value: Any, name: str) -> str:

@@ -66,44 +66,77 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory):
-    """A real Chroma server (`chroma run`, shipped with chromadb) on 127.0.0.1; its URL."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
+class ChromaServer:
+    """A real Chroma server (`chroma run`, shipped with chromadb) on 127.0.0.1 that a test may stop and restart."""
 
-    chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
-    port = _free_port()
-    path = tmp_path_factory.mktemp("chroma-server")
-    log = open(path / "server.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [chroma, "run", "--path", str(path / "db"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
+    def __init__(self, path, port: int | None = None):
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self, timeout: float = 60) -> ChromaServer:
+        import shutil
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        from pathlib import Path
+
+        chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
+        self.path.mkdir(parents=True, exist_ok=True)
+        log = open(self.path / "server.log", "ab")  # noqa: SIM115 - the server process owns it
+        self.process = subprocess.Popen(
+            [chroma, "run", "--path", str(self.path / "db"), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1).read()
-                break
+                urllib.request.urlopen(f"{self.url}/api/v2/heartbeat", timeout=1).read()
+                return self
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"chroma server did not start: {(path / 'server.log').read_text()}") from None
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log_text = (self.path / "server.log").read_text()
+                    raise RuntimeError(f"chroma server did not start: {log_text}") from None
                 time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is None:
+            return
+        self.process.terminate()
         try:
-            process.wait(timeout=10)
+            self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """The URL of a Chroma server shared by the tests of this session."""
+    server = ChromaServer(tmp_path_factory.mktemp("chroma-server")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_chroma_server(tmp_path):
+    """A Chroma server of this test's own, to kill and restart."""
+    server = ChromaServer(tmp_path / "chroma-server")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["embedded", "server"])
@@ -202,3 +235,16 @@ def one_thread_module():
     """:func:`one_thread` for a whole module: ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
     with torch_threads(1):
         yield
+
+
+def files_holding(root, text: str) -> list[str]:
+    """Every file under ``root`` whose raw bytes contain ``text`` (converted models skipped: not user data)."""
+    from pathlib import Path
+
+    root = Path(root)
+    needle = text.encode()
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and "models" not in path.relative_to(root).parts and needle in path.read_bytes()
+    )

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client", reason="the app extra is not installed")
 
-from conftest import _free_port, build_resources  # noqa: E402
+from conftest import _free_port, build_resources, files_holding  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 FACT = "By the way, my sister Margarethe moved to Trondheim last year."
@@ -183,7 +183,7 @@ def test_undo_regenerate_and_sessions_that_survive_a_restart(app, embedded):
 
 
 def test_forget_one_memory_or_the_whole_session_from_the_archive_tab(app):
-    url, resources, _ = app
+    url, resources, path = app
     c = client(url)
     chat(c, "My bank PIN hint is 'the blue door'.")
     for filler in FILLER:
@@ -192,11 +192,19 @@ def test_forget_one_memory_or_the_whole_session_from_the_archive_tab(app):
     rows = c.predict("bank PIN hint blue door", 10, api_name="/search")
     data = rows["data"] if isinstance(rows, dict) else rows
     chunk = next(row[0] for row in data if "blue door" in row[4])
-    status, rows = c.predict(chunk, "bank PIN hint blue door", 10, api_name="/forget")
-    assert status.startswith("Forgot")
+    status, rows, history, _html, _panel = c.predict(chunk, "bank PIN hint blue door", 10, api_name="/forget")
+    assert status.startswith("Forgot the message")
     assert all("blue door" not in m.text for m in resources.archive.list(session_id))
+    said = [m for m in resources.transcript.messages(session_id, include_superseded=True) if m.role == "user"]
+    assert not any("PIN hint" in m.content for m in said)
+    # The screen agrees with the stores: the forgotten message left the chat view too.
+    assert not any("PIN hint" in _text(m["content"]) for m in history if m["role"] == "user")
+    # Forgetting the whole session (the confirmation step's endpoint) leaves no byte of it under the data dir.
+    words = "gardening for a while. What should I plant in a shady corner"
+    assert files_holding(path, words)
     c.predict(api_name="/forget_session")
     assert resources.archive.count(session_id) == 0 and resources.transcript.get_session(session_id) is None
+    assert files_holding(path, words) == []
 
 
 def test_an_abandoned_reply_is_stopped_and_releases_the_shared_model(app):

@@ -116,7 +116,7 @@ def test_latency_cli_measures_every_policy_at_every_length(embedded, data_dir, t
     data = json.loads((tmp_path / "latency.json").read_text())
     assert_png(tmp_path / "latency.png")
     per_token = kv_bytes_per_token(model)
-    for policy in ("sink", "dense", "recompute"):
+    for policy in ("sink", "dense", "recompute", "archive"):
         assert [entry["length"] for entry in data[policy]["results"]] == [80, 160]
         for entry in data[policy]["results"]:
             if entry.get("skipped"):
@@ -134,3 +134,8 @@ def test_latency_cli_measures_every_policy_at_every_length(embedded, data_dir, t
     ratios = data["ratios"]
     assert ratios["80"]["dense_vs_sink_ms_per_token"] > 0 and ratios["160"]["dense_vs_sink_ms_per_token"] is None
     assert ratios["160"]["recompute_vs_sink_ms_per_token"] > 0
+    # With the archive attached, evictions are logged and indexed in the background, nothing left behind.
+    archive = data["archive"]["results"]
+    assert [entry["cache_tokens"] for entry in archive] == [44, 44] and archive[1]["evictions"] > 0
+    assert archive[-1]["indexed_chunks"] > 0 and archive[-1]["tokens_per_step"] >= 1
+    assert ratios["160"]["archive_vs_sink_ms_per_token"] > 0

@@ -286,3 +286,52 @@ def test_killed_mid_conversation_then_resumed_keeps_every_message_exactly_once(e
     archived = {m.message_id for m in memories}
     assert {d["id"] for d in done[:10]} <= archived
     resources.close()
+
+
+def test_a_chroma_server_killed_mid_conversation_then_restarted_loses_and_duplicates_nothing(
+    embedded, tmp_path, own_chroma_server
+):
+    from streamrag.chunking import chunk_id
+    from streamrag.config import ArchiveSettings
+
+    model, tokenizer = embedded
+    config = small_config(tmp_path)
+    settings = ArchiveSettings(
+        chroma_url=own_chroma_server.url, chunk_chars=400, chunk_overlap_chars=80, timeout_s=5, index_idle_s=0.2
+    )
+    config = config.model_copy(update={"archive": settings})
+    resources = Resources(
+        config, model, tokenizer, Archive(settings, tmp_path), Transcript(config.transcript_path), threading.Lock()
+    )
+    try:
+        assistant = Assistant(resources)
+        assistant.add_message("user", "My locker code at the gym is 5521, please remember it.")
+        run_on(assistant, windows=2)
+        assert assistant.flush(timeout=60)
+
+        own_chroma_server.stop()  # the archive goes away mid-conversation
+        run_on(assistant, windows=4)  # evictions go on: logged, waiting for the store
+        reply = assistant.stream("What is my gym locker code?").result()
+        assert reply.text and reply.recall_unavailable  # the turn went on and says recall was degraded
+        assert assistant.stats().pending_evictions > 0 and assistant.indexer.unavailable
+        assert not assistant.flush(timeout=5)
+
+        own_chroma_server.start()  # same path, same port
+        assert assistant.flush(timeout=120)
+        assert assistant.stats().pending_evictions == 0 and assistant.indexer.unavailable is None
+        # Every logged character is in the archive exactly once: the chunk ids are exactly the grid's.
+        step = settings.chunk_chars - settings.chunk_overlap_chars
+        ends = resources.transcript.logged_ends(assistant.session_id)
+        expected = {
+            chunk_id(assistant.session_id, message_id, start)
+            for message_id, end in ends.items()
+            for start in range(0, end, step)
+        }
+        memories = resources.archive.list(assistant.session_id)
+        assert len(memories) == len({m.chunk_id for m in memories}) == len(expected)
+        assert {m.chunk_id for m in memories} == expected
+        content = {m.message_id: m.content for m in resources.transcript.messages(assistant.session_id)}
+        assert all(content[m.message_id][m.char_start : m.char_end] == m.text for m in memories)
+        assert all(m.char_end == min(m.char_start + 400, ends[m.message_id]) for m in memories)
+    finally:
+        resources.close()

@@ -184,17 +184,47 @@ class Handlers:
             raise gr.Error(f"The archive is unavailable: {exc}") from None
         return [[m.chunk_id, m.turn, m.role, round(m.score, 4), m.text] for m in memories]
 
-    def forget(self, chunk_id: str, query: str, k: float, state: dict | None) -> tuple[str, list[list]]:
-        """Delete one memory by chunk id; returns a status line and the refreshed results."""
+    def forget(self, chunk_id: str, query: str, k: float, state: dict | None) -> tuple:
+        """Forget the message a memory came from, everywhere; outputs: status, results, chat, panel html and json.
+
+        The chat view is refreshed too: the forgotten message leaves the screen as it leaves the stores.
+        """
         assistant = self.registry.current(state or {})
-        if assistant is None or not chunk_id:
-            return "Pick a memory first.", self.search(query, k, state)
-        deleted = assistant.forget(chunk_id.strip())
-        status = f"Forgot {chunk_id}." if deleted else f"No memory {chunk_id} in this session."
-        return status, self.search(query, k, state)
+        history = self.registry.chat_history(assistant)
+        if assistant is None or not chunk_id or not chunk_id.strip():
+            return "Pick a memory first.", self.search(query, k, state), history, *self._panel(assistant)
+        try:
+            done = assistant.forget(chunk_id.strip())
+        except KeyError:
+            status = f"No memory {chunk_id} in this session."
+        except ArchiveUnavailable as exc:
+            raise gr.Error(f"The archive is unavailable, nothing was forgotten: {exc}") from None
+        else:
+            status = (
+                f"Forgot the message this memory came from: {done.chunks} memories, "
+                f"{done.memory_blocks} recalled blocks quoting it, and its transcript row."
+            )
+        html, data = self._panel(assistant)
+        return status, self.search(query, k, state), self.registry.chat_history(assistant), html, data
+
+    @staticmethod
+    def ask_forget_session(state: dict | None):
+        """First click on *Forget the whole session*: show the confirmation, do nothing yet."""
+        has = bool((state or {}).get("session_id"))
+        note = (
+            "**Forget this whole session for good?** Every message, memory and recalled block of it is erased "
+            "from the transcript and the archive files. This cannot be undone."
+            if has
+            else "No session yet."
+        )
+        return note, gr.update(visible=has)
+
+    @staticmethod
+    def cancel_forget_session():
+        return "Nothing was forgotten.", gr.update(visible=False)
 
     def forget_session(self, state: dict | None) -> tuple:
-        """Delete the tab's session everywhere (archive, transcript, cache); the tab starts afresh."""
+        """Confirmed: delete the tab's session everywhere (archive, transcript, cache); the tab starts afresh."""
         assistant = self.registry.current(state or {})
         if assistant is not None:
             assistant.forget_session()

@@ -78,6 +78,11 @@ def build_app(resources: Resources) -> gr.Blocks:
                 forget = gr.Button("Forget this memory", scale=1)
                 forget_all = gr.Button("Forget the whole session", variant="stop", scale=1)
             archive_status = gr.Markdown()
+            with gr.Row(visible=False) as confirm_row:
+                confirm_forget = gr.Button(
+                    "Yes, forget this session for good", variant="stop", elem_id="confirm-forget"
+                )
+                cancel_forget = gr.Button("Cancel")
         with gr.Tab("Settings"):
             gr.Markdown("For **new sessions** (press *New session*); a session keeps the settings it began with.")
             window = gr.Slider(64, 8188, value=defaults["cache.window_tokens"], step=4, label="Window tokens")
@@ -107,10 +112,19 @@ def build_app(resources: Resources) -> gr.Blocks:
         search.click(handlers.search, [query, top_k, state], [results], api_name="search")
         query.submit(handlers.search, [query, top_k, state], [results], api_name=False)
         results.select(handlers.pick, [results], [chunk_id], api_name=False)
-        forget.click(handlers.forget, [chunk_id, query, top_k, state], [archive_status, results], api_name="forget")
-        forget_all.click(
-            handlers.forget_session, [state], [archive_status, results, *chat_outputs], api_name="forget_session"
+        forget.click(
+            handlers.forget,
+            [chunk_id, query, top_k, state],
+            [archive_status, results, chatbot, memory_html, memory_json],
+            api_name="forget",
+            **model_limit,
         )
+        # Forgetting a whole session asks first: the button only shows the confirmation.
+        forget_all.click(handlers.ask_forget_session, [state], [archive_status, confirm_row], api_name=False)
+        cancel_forget.click(handlers.cancel_forget_session, None, [archive_status, confirm_row], api_name=False)
+        confirm_forget.click(
+            handlers.forget_session, [state], [archive_status, results, *chat_outputs], api_name="forget_session"
+        ).then(lambda: gr.update(visible=False), None, [confirm_row], api_name=False)
     demo.queue(default_concurrency_limit=4)
     return demo
 

@@ -20,6 +20,16 @@ the cost per step, not the words), then measures its memory.
     StreamingLLM's "sliding window with re-computation" baseline: no cache;
     every step re-runs the model from scratch over the last
     ``sink_tokens + window_tokens`` tokens.
+``archive``
+    the sink cache as a conversation uses it, with the archive attached: the
+    text goes in as chat messages of an :class:`~streamrag.session.Assistant`
+    (embedded Chroma in a temporary directory), each decode step is a step of
+    a :class:`~streamrag.session.Reply`, and every eviction appends its text
+    to the transcript's log while the background indexer embeds it. Before
+    each burst the indexer catches up (``flush``), so the burst measures what
+    decoding pays with evictions happening: the log append on the decode path
+    and an indexer that waits while the model is busy. Its background work
+    is reported beside (``indexed_chunks``, ``index_ms_per_chunk``).
 
 Each policy runs in a fresh process (``spawn``), so ``rss_mb`` is that
 policy's own resident memory, measured with psutil right after the burst;
@@ -55,13 +65,14 @@ from streamrag.config import StreamRAGConfig
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("sink", "dense", "recompute")
+POLICIES = ("sink", "dense", "recompute", "archive")
 POLICY_LABELS = {
+    "archive": "sink window + archive (log and background indexer)",
     "sink": "attention sinks + window (streamrag)",
     "dense": "dense cache (no eviction)",
     "recompute": "sliding window, recomputed every step",
 }
-POLICY_COLORS = {"sink": "tab:blue", "dense": "tab:gray", "recompute": "tab:orange"}
+POLICY_COLORS = {"sink": "tab:blue", "dense": "tab:gray", "recompute": "tab:orange", "archive": "tab:green"}
 DEFAULT_LENGTHS = (1000, 4000, 16000)
 
 
@@ -174,7 +185,7 @@ def latency_ratios(result: dict[str, Any], lengths: list[int]) -> dict[str, dict
     for length in lengths:
         base = sink.get(length)
         row: dict[str, float | None] = {}
-        for policy in ("dense", "recompute"):
+        for policy in ("dense", "recompute", "archive"):
             other = _by_length(result.get(policy)).get(length)
             if policy not in result:
                 continue
@@ -224,9 +235,8 @@ def measure_policy(job: dict[str, Any]) -> dict[str, Any]:
     text = text_token_ids(tokenizer, max(lengths), cycle=True)
     gc.collect()
     rss_model = rss_bytes()
-    runner = {"sink": _SinkStream, "dense": _DenseStream, "recompute": _RecomputeStream}[policy](
-        model, tokenizer, config
-    )
+    runners = {"sink": _SinkStream, "dense": _DenseStream, "recompute": _RecomputeStream, "archive": _ArchiveStream}
+    runner = runners[policy](model, tokenizer, config)
     results: list[dict[str, Any]] = []
     position = 0  # tokens in the stream so far: text fed plus tokens generated in earlier bursts
     fed = 0  # text tokens fed so far
@@ -249,6 +259,7 @@ def measure_policy(job: dict[str, Any]) -> dict[str, Any]:
                 stream_tokens = position
                 bar.update(task, completed=position)
                 setup = time.perf_counter() - setup_started
+                runner.before_burst()
                 times: list[float] = []
                 peak_cache = runner.cache_bytes()
                 peak_tokens = runner.cache_tokens()
@@ -259,6 +270,7 @@ def measure_policy(job: dict[str, Any]) -> dict[str, Any]:
                     times.append(time.perf_counter() - step_started)
                     if runner.cache_bytes() > peak_cache:
                         peak_cache, peak_tokens = runner.cache_bytes(), runner.cache_tokens()
+                runner.after_burst()
                 position += steps
                 rss = rss_bytes()
                 entry = {
@@ -289,6 +301,7 @@ def measure_policy(job: dict[str, Any]) -> dict[str, Any]:
                     entry["rss_mb"],
                     entry["cache_mb"],
                 )
+    runner.close()
     return {
         "model": {
             "name": resolved.description,
@@ -304,7 +317,20 @@ def measure_policy(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _SinkStream:
+class _Stream:
+    """What every policy's runner shares: nothing to do around a burst unless it says so."""
+
+    def before_burst(self) -> None:
+        pass
+
+    def after_burst(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _SinkStream(_Stream):
     """The engine itself: text through feed_for_scoring (real eviction), single-token decode steps."""
 
     def __init__(self, model, tokenizer, config: StreamRAGConfig):
@@ -337,7 +363,7 @@ class _SinkStream:
         return {"capacity": stats.capacity, "evicted_tokens": stats.evicted_tokens, "evictions": stats.evictions}
 
 
-class _DenseStream:
+class _DenseStream(_Stream):
     """transformers' DynamicCache, never evicted."""
 
     def __init__(self, model, tokenizer, config: StreamRAGConfig):
@@ -380,7 +406,7 @@ class _DenseStream:
         return {}
 
 
-class _RecomputeStream:
+class _RecomputeStream(_Stream):
     """No cache: each step is a full forward over the last ``sink_tokens + window_tokens`` tokens."""
 
     def __init__(self, model, tokenizer, config: StreamRAGConfig):
@@ -489,3 +515,96 @@ def plot_latency(result: dict[str, Any], path: Path) -> Path:
 
 def _label(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+class _ArchiveStream(_Stream):
+    """A conversation with the archive attached: chat messages in, a Reply's steps out, evictions logged."""
+
+    def __init__(self, model, tokenizer, config: StreamRAGConfig):
+        import tempfile
+        import threading
+
+        from streamrag.archive import Archive
+        from streamrag.session import Assistant, Resources
+        from streamrag.transcript import Transcript
+
+        self._dir = tempfile.TemporaryDirectory(prefix="streamrag-latency-")
+        work = Path(self._dir.name)
+        config = config.model_copy(update={"data_dir": work})
+        # Greedy with no repetition penalty: the reply's tokens are the runner's argmax tokens.
+        generation = config.generation.model_copy(
+            update={"temperature": 0.0, "repetition_penalty": 1.0, "ignore_eos": True, "max_new_tokens": 10**9}
+        )
+        config = config.model_copy(update={"generation": generation})
+        self.tokenizer = tokenizer
+        self.resources = Resources(
+            config,
+            model,
+            tokenizer,
+            Archive(config.archive, work),
+            Transcript(config.transcript_path),
+            threading.Lock(),
+        )
+        self.assistant = Assistant(self.resources)
+        self.lm = self.assistant.lm
+        self.chunk = min(config.cache.prefill_chunk, config.cache.window_tokens)
+        self.reply = None
+        self.steps = 0
+        self.tokens = 0
+        self.last_logits = None
+
+    def skip_reason(self, length: int, dense_max: int) -> str | None:
+        return None
+
+    def advance(self, token_ids: list[int]):
+        """The text as alternating user/assistant messages of about one prefill chunk each."""
+        if self.reply is not None:
+            self.reply.close()
+            self.reply = None
+        messages = []
+        for i, start in enumerate(range(0, len(token_ids), self.chunk)):
+            text = self.tokenizer.decode(token_ids[start : start + self.chunk])
+            if text.strip():
+                messages.append(("user" if i % 2 == 0 else "assistant", text))
+        self.assistant.add_messages(messages)
+        self.last_logits = self.lm._last_logits
+        return self.last_logits
+
+    def before_burst(self) -> None:
+        self.assistant.flush(timeout=600)  # the backlog of the text just fed, indexed before timing starts
+        self.reply = self.assistant.stream_reply()
+
+    def step(self, token: int):
+        before = self.lm.stats().generated_tokens
+        next(self.reply)
+        self.steps += 1
+        self.tokens += self.lm.stats().generated_tokens - before
+        self.last_logits = self.lm._last_logits
+        return self.last_logits
+
+    def after_burst(self) -> None:
+        self.reply.close()
+        self.reply = None
+
+    def cache_bytes(self) -> int:
+        return self.lm.cache.nbytes()
+
+    def cache_tokens(self) -> int:
+        return self.lm.cache.get_seq_length()
+
+    def extra(self) -> dict[str, Any]:
+        stats = self.assistant.stats()
+        archive = self.resources.archive
+        return {
+            "capacity": stats.cache.capacity,
+            "evicted_tokens": stats.cache.evicted_tokens,
+            "evictions": stats.cache.evictions,
+            "tokens_per_step": rounded(self.tokens / max(self.steps, 1), 3),
+            "indexed_chunks": archive.chunks_written,
+            "index_ms_per_chunk": rounded(1000 * archive.write_seconds / max(archive.chunks_written, 1), 2),
+            "pending_evictions": stats.pending_evictions,
+        }
+
+    def close(self) -> None:
+        self.resources.close()
+        self._dir.cleanup()

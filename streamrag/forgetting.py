@@ -1,0 +1,87 @@
+"""Erase what a user asked to forget from every store: archive, eviction log, memory blocks, transcript.
+
+One meaning for each forget (the README and ``streamrag archive forget --help`` say the same):
+
+* forgetting a **message** (or a memory cut from it: a memory is a slice of a
+  message and overlaps its neighbours, so forgetting works on whole messages)
+  removes its chunks from the archive and the BM25 index, its rows from the
+  eviction log, every recalled memory block that quotes it, and its transcript
+  row, unless ``keep_record`` keeps that row (marked forgotten: never fed to the
+  model or archived again);
+* forgetting a **session** removes everything of it.
+
+Afterwards no search, recall or export returns the text, and no file under the
+data directory holds it: the transcript overwrites deleted rows and truncates
+its WAL, and an embedded archive is rewritten without them. A Chroma server
+keeps its own files (compact them with ``chroma vacuum`` on the server).
+
+The live KV cache is the session's business: :class:`streamrag.session.Assistant`
+calls these functions and then rebuilds its cache if the text was resident.
+These functions need no model, so ``streamrag archive forget`` runs without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from streamrag.archive import Archive
+from streamrag.transcript import Transcript
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What a forget removed: messages, archived chunks, eviction-log rows, memory blocks.
+
+    ``cache_rebuilt``: the text was in a live KV cache, which was rebuilt
+    without it. ``compact_seconds``: the time taken to rewrite the archive's files.
+    """
+
+    message_ids: tuple[str, ...]
+    chunks: int
+    log_rows: int
+    memory_blocks: int
+    cache_rebuilt: bool
+    compact_seconds: float
+
+
+def forget_message(
+    transcript: Transcript, archive: Archive, session_id: str, message_id: str, keep_record: bool = False
+) -> Forgotten:
+    """Erase one message of ``session_id`` from the archive and the transcript database (see the module doc).
+
+    The archive goes first: if the store is unavailable, this raises
+    :class:`~streamrag.archive.ArchiveUnavailable` and nothing was changed.
+    """
+    stored = transcript.get(message_id)
+    if stored is None or stored.session_id != session_id:
+        raise KeyError(f"no message {message_id!r} in session {session_id}")
+    chunks = archive.forget(session_id, message_id=message_id)
+    counts = transcript.forget_message(message_id, keep_record=keep_record)
+    seconds = archive.compact()
+    logger.info("forgot message %s of session %s: %d chunks, %s", message_id, session_id, chunks, counts)
+    return Forgotten((message_id,), chunks, counts["log_rows"], counts["memory_blocks"], False, round(seconds, 3))
+
+
+def forget_session(transcript: Transcript, archive: Archive, session_id: str) -> Forgotten:
+    """Erase a whole session: its archive, eviction log, messages and memory blocks."""
+    ids = tuple(m.message_id for m in transcript.messages(session_id, include_superseded=True))
+    log_rows = transcript.pending_count(session_id)
+    chunks = archive.forget(session_id)
+    transcript.delete_session(session_id)
+    seconds = archive.compact()
+    logger.info("forgot session %s: %d messages, %d chunks", session_id, len(ids), chunks)
+    return Forgotten(ids, chunks, log_rows, 0, False, round(seconds, 3))
+
+
+def memory_for_chunk(archive: Archive, session_id: str, chunk_id: str, pending=()):
+    """The stored (or still pending) memory ``chunk_id`` of ``session_id``, or ``KeyError``."""
+    memory = next((m for m in archive.get([chunk_id]) if m.session_id == session_id), None)
+    if memory is not None:
+        return memory
+    waiting = next((c for c in pending if c.chunk_id == chunk_id and c.session_id == session_id), None)
+    if waiting is None:
+        raise KeyError(f"no memory {chunk_id!r} in session {session_id}")
+    return waiting

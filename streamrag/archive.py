@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -168,6 +168,14 @@ class Archive:
         self._reranker = None
         self.chunks_written = 0
         self.write_seconds = 0.0
+        # Compaction (see compact): who may write during it, and the background thread's bookkeeping.
+        self.pause_writes: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        self.compactions = 0
+        self._compacting = threading.Lock()
+        self._compaction_cond = threading.Condition()
+        self._compaction_requested = 0
+        self._compaction_completed = 0
+        self._compaction_thread: threading.Thread | None = None
         try:
             self.collection  # noqa: B018 - opens the store
         except ArchiveUnavailable as exc:
@@ -408,13 +416,15 @@ class Archive:
         Chroma deletes logically: the text stays in its SQLite file (its
         write-ahead queue, full-text index and free pages) until much later.
         So the live records of every collection (ids, embeddings, documents,
-        metadata: nothing is embedded again) are copied into a fresh
-        directory, which then replaces the old one. The copy runs in a fresh
-        process: hnswlib writes uninitialised memory of the writing process
-        into unused link slots of its files, and a process that held the
-        forgotten text could leave stray copies of it there. The store is
-        closed meanwhile (this archive holds its lock). A Chroma *server*
-        keeps its own files: there, run ``chroma vacuum`` on the server's directory.
+        metadata: nothing is embedded again) are exported to a plain file, a
+        fresh process builds a new store from that file, and the new store
+        replaces the old one. hnswlib writes uninitialised memory of the
+        writing process into unused link slots of its files; the builder has
+        only ever seen live records, so no stray copy of deleted text can land
+        there. Index writes are paused meanwhile (``pause_writes``) and
+        searches go on against the old store; only the final swap holds the
+        archive's lock. A Chroma *server* keeps its own files: there, run
+        ``chroma vacuum`` on the server's directory.
         """
         if self.settings.chroma_url is not None:
             logger.info(
@@ -424,25 +434,78 @@ class Archive:
         started = time.perf_counter()
         path = Path(self.where)
         fresh, stale = path.with_name(path.name + ".compacting"), path.with_name(path.name + ".stale")
-        with self._lock:
+        export = path.with_name(path.name + ".export")
+        with self._compacting, self.pause_writes():
             if not path.exists():
                 return 0.0
-            self.close()
-            shutil.rmtree(fresh, ignore_errors=True)
-            command = [sys.executable, "-m", "streamrag.archive", str(path), str(fresh)]
-            command += [self.settings.tenant, self.settings.database]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-            if done.returncode != 0:
+            for leftover in (fresh, export, stale):
+                shutil.rmtree(leftover, ignore_errors=True)
+            try:
+                with self._store("compaction"):
+                    self.collection  # noqa: B018 - opens the store if it is not yet
+                    export_collections(self.client, export)
+                command = [sys.executable, "-m", "streamrag.archive", str(export), str(fresh)]
+                command += [self.settings.tenant, self.settings.database]
+                done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+                if done.returncode != 0:
+                    raise ArchiveUnavailable(f"rewriting the archive at {path} failed: {done.stderr[-2000:]}")
+                with self._lock:
+                    self.close()
+                    _stop_local_system(path)
+                    path.rename(stale)
+                    fresh.rename(path)
+                    shutil.rmtree(stale)
+                    self.collection  # noqa: B018 - reopen on the rewritten files
+            finally:
+                shutil.rmtree(export, ignore_errors=True)
                 shutil.rmtree(fresh, ignore_errors=True)
-                raise ArchiveUnavailable(f"rewriting the archive at {path} failed: {done.stderr[-2000:]}")
-            shutil.rmtree(stale, ignore_errors=True)
-            path.rename(stale)
-            fresh.rename(path)
-            shutil.rmtree(stale)
-            self.collection  # noqa: B018 - reopen on the rewritten files
         seconds = time.perf_counter() - started
+        self.compactions += 1
         logger.info("archive %s rewritten without deleted records in %.2f s", self.where, seconds)
         return seconds
+
+    def compact_soon(self) -> int:
+        """Ask for :meth:`compact` in a background thread; returns a ticket for :meth:`wait_compacted`.
+
+        Requests that arrive while one runs are served by one more run after
+        it, since their deletes may have come after its copy began.
+        """
+        with self._compaction_cond:
+            self._compaction_requested += 1
+            ticket = self._compaction_requested
+            if self._compaction_thread is None or not self._compaction_thread.is_alive():
+                self._compaction_thread = threading.Thread(
+                    target=self._compact_in_background, name="streamrag-compaction", daemon=True
+                )
+                self._compaction_thread.start()
+            return ticket
+
+    def wait_compacted(self, ticket: int | None = None, timeout: float | None = None) -> bool:
+        """Wait until the compaction that ``ticket`` (default: the latest request) asked for has run."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._compaction_cond:
+            ticket = self._compaction_requested if ticket is None else ticket
+            while self._compaction_completed < ticket:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._compaction_cond.wait(left)
+            return True
+
+    def _compact_in_background(self) -> None:
+        while True:
+            with self._compaction_cond:
+                if self._compaction_completed >= self._compaction_requested:
+                    self._compaction_thread = None
+                    return
+                target = self._compaction_requested
+            try:
+                self.compact()
+            except Exception:  # the deleted records are already out of every search; only their bytes wait
+                logger.exception("rewriting the archive failed; the deleted text stays in its files until the next try")
+            with self._compaction_cond:
+                self._compaction_completed = target
+                self._compaction_cond.notify_all()
 
     def close(self) -> None:
         """Release the store (an embedded one's files); the next call reopens it."""
@@ -452,42 +515,99 @@ class Archive:
             self.client, self._collection = None, None
 
 
-def copy_store(source: Path, target: Path, tenant: str, database: str, batch: int = 2000) -> int:
-    """Every collection of the embedded store at ``source`` into a new one at ``target``; returns records copied.
+def _stop_local_system(path: Path) -> None:
+    """Stop chromadb's cached in-process system for an embedded store, whoever else still holds it.
 
-    Each collection keeps its configuration (distance, embedding function)
-    and metadata; records keep their stored embeddings (nothing is embedded).
+    chromadb shares one system per directory between all clients of a process
+    and keeps it while any client is open; one that outlived its owner would
+    keep the old files open and hand them to the next client after the store
+    is rewritten (SQLite then refuses writes: "database moved"). Other handles
+    on the same directory in this process must reopen afterwards. This reaches
+    into chromadb's shared-client registry (pinned chromadb 1.5.9): there is
+    no public call for it.
     """
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    system = SharedSystemClient._identifier_to_system.pop(str(path), None)
+    SharedSystemClient._identifier_to_refcount.pop(str(path), None)
+    if system is not None:
+        system.stop()
+
+
+def export_collections(client, target: Path, batch: int = 2000) -> int:
+    """The live records of every collection behind ``client``, as plain files under ``target``.
+
+    One JSON file per collection (name, metadata, configuration as JSON;
+    ids, documents, metadata) and one ``.npy`` of its stored embeddings.
+    Returns the number of records.
+    """
+    import json
+
+    from chromadb.api.collection_configuration import collection_configuration_to_json
+
+    target.mkdir(parents=True)
+    total = 0
+    for number, collection in enumerate(client.list_collections()):
+        ids, documents, metadatas, embeddings = [], [], [], []
+        while True:
+            got = collection.get(include=["embeddings", "documents", "metadatas"], limit=batch, offset=len(ids))
+            if not got["ids"]:
+                break
+            ids += got["ids"]
+            documents += got["documents"]
+            metadatas += got["metadatas"]
+            embeddings += list(got["embeddings"])
+        record = {
+            "name": collection.name,
+            "metadata": collection.metadata,
+            "configuration": collection_configuration_to_json(collection.configuration),
+            "ids": ids,
+            "documents": documents,
+            "metadatas": metadatas,
+        }
+        (target / f"{number}.json").write_text(json.dumps(record))
+        np.save(target / f"{number}.npy", np.asarray(embeddings, dtype=np.float32))
+        total += len(ids)
+    return total
+
+
+def import_store(source: Path, target: Path, tenant: str, database: str, batch: int = 2000) -> int:
+    """A new embedded store at ``target`` from :func:`export_collections`' files; returns the records written."""
+    import json
+
     import chromadb
+    from chromadb.api.collection_configuration import load_collection_configuration_from_json
     from chromadb.config import Settings
 
-    settings = Settings(anonymized_telemetry=False)
-    old = chromadb.PersistentClient(path=str(source), settings=settings, tenant=tenant, database=database)
-    new = chromadb.PersistentClient(path=str(target), settings=settings, tenant=tenant, database=database)
-    copied = 0
+    client = chromadb.PersistentClient(
+        path=str(target), settings=Settings(anonymized_telemetry=False), tenant=tenant, database=database
+    )
+    total = 0
     try:
-        for collection in old.list_collections():
-            copy = new.create_collection(
-                collection.name, metadata=collection.metadata, configuration=collection.configuration
+        for path in sorted(source.glob("*.json")):
+            record = json.loads(path.read_text())
+            embeddings = np.load(path.with_suffix(".npy"))
+            copy = client.create_collection(
+                record["name"],
+                metadata=record["metadata"],
+                configuration=load_collection_configuration_from_json(record["configuration"]),
             )
-            offset = 0
-            while True:
-                got = collection.get(include=["embeddings", "documents", "metadatas"], limit=batch, offset=offset)
-                if not got["ids"]:
-                    break
-                offset += len(got["ids"])
+            for start in range(0, len(record["ids"]), batch):
+                end = start + batch
                 copy.add(
-                    ids=got["ids"], embeddings=got["embeddings"], documents=got["documents"], metadatas=got["metadatas"]
+                    ids=record["ids"][start:end],
+                    embeddings=embeddings[start:end],
+                    documents=record["documents"][start:end],
+                    metadatas=record["metadatas"][start:end],
                 )
-                copied += len(got["ids"])
+            total += len(record["ids"])
     finally:
-        old.close()
-        new.close()
-    return copied
+        client.close()
+    return total
 
 
 if __name__ == "__main__":  # the fresh process behind Archive.compact
     import streamrag.embedding  # noqa: F401 - registers the embedding function the collections name
 
     logging.basicConfig(level=logging.WARNING)
-    print(copy_store(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]))
+    print(import_store(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]))

@@ -529,6 +529,30 @@ def bench_crash(
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 
 
+@bench_app.command("forget")
+def bench_forget(
+    chunks: int = typer.Option(10_000, help="Chunks in the session that is forgotten (one short message each)."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    name: str = typer.Option("forget", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    config: Path | None = ConfigOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """The cost of forgetting one message and one session (bytes erased, archive rewritten) at N chunks."""
+    _setup_logging(verbose)
+    cfg = load_config(config)
+    from streamrag.bench.forget import run_forget
+
+    result = run_forget(cfg.archive, out, chunks=chunks, seed=seed, name=name)
+    for kind, entry in result["timings"].items():
+        console.print(
+            f"forget one {kind}: {entry['total_seconds']:.2f} s "
+            f"(rewriting the archive {entry['compact_seconds']:.2f} s, {entry['chunks']} chunks removed)"
+        )
+    console.print(f"files still holding forgotten text: {result['files_holding_forgotten']}")
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
 @bench_app.command("recall")
 def bench_recall(
     sessions: int = typer.Option(4, help="Conversations sharing one archive (facts of the same kinds in each)."),

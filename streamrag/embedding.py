@@ -50,11 +50,22 @@ def load_sentence_transformer(model: str, device: str = "cpu"):
 class StreamragEmbedding(EmbeddingFunction[Documents]):
     """Normalised sentence-transformers embeddings, cosine space."""
 
-    def __init__(self, model: str = EMBEDDED, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model: str = EMBEDDED, device: str = "cpu", batch_size: int = 64, lazy: bool = False):
+        """Loads the model now (a missing one fails at start-up) unless ``lazy``: then on first use.
+
+        Chroma rebuilds the function whenever it opens a collection; those copies
+        are lazy, so a process that only copies stored vectors never loads a model.
+        """
         self.model = model
         self.device = device
         self.batch_size = batch_size
-        self._encoder = load_sentence_transformer(model, device)
+        self._loaded = None if lazy else load_sentence_transformer(model, device)
+
+    @property
+    def _encoder(self):
+        if self._loaded is None:
+            self._loaded = load_sentence_transformer(self.model, self.device)
+        return self._loaded
 
     def __call__(self, input: Documents) -> Embeddings:  # noqa: A002 - Chroma's protocol names it `input`
         vectors = self._encoder.encode(
@@ -82,6 +93,7 @@ class StreamragEmbedding(EmbeddingFunction[Documents]):
             model=config.get("model", EMBEDDED),
             device=config.get("device", "cpu"),
             batch_size=int(config.get("batch_size", 64)),
+            lazy=True,
         )
 
     def get_config(self) -> dict[str, Any]:

@@ -36,7 +36,9 @@ class Forgotten:
     """What a forget removed: messages, archived chunks, eviction-log rows, memory blocks.
 
     ``cache_rebuilt``: the text was in a live KV cache, which was rebuilt
-    without it. ``compact_seconds``: the time taken to rewrite the archive's files.
+    without it. ``compact_seconds``: the time taken to rewrite the archive's
+    files, or ``None`` when that runs in the background (``compaction`` is then
+    the ticket to pass to :meth:`~streamrag.archive.Archive.wait_compacted`).
     """
 
     message_ids: tuple[str, ...]
@@ -44,36 +46,51 @@ class Forgotten:
     log_rows: int
     memory_blocks: int
     cache_rebuilt: bool
-    compact_seconds: float
+    compact_seconds: float | None
+    compaction: int | None = None
+
+
+def _compact(archive: Archive, wait: bool) -> tuple[float | None, int | None]:
+    """Rewrite the archive's files now (``wait``) or in the background; (seconds, ticket)."""
+    if wait:
+        return round(archive.compact(), 3), None
+    return None, archive.compact_soon()
 
 
 def forget_message(
-    transcript: Transcript, archive: Archive, session_id: str, message_id: str, keep_record: bool = False
+    transcript: Transcript,
+    archive: Archive,
+    session_id: str,
+    message_id: str,
+    keep_record: bool = False,
+    wait: bool = True,
 ) -> Forgotten:
     """Erase one message of ``session_id`` from the archive and the transcript database (see the module doc).
 
     The archive goes first: if the store is unavailable, this raises
     :class:`~streamrag.archive.ArchiveUnavailable` and nothing was changed.
+    Searches stop returning the text at once; with ``wait=False`` the
+    archive's files are rewritten in the background (seconds per 10k chunks).
     """
     stored = transcript.get(message_id)
     if stored is None or stored.session_id != session_id:
         raise KeyError(f"no message {message_id!r} in session {session_id}")
     chunks = archive.forget(session_id, message_id=message_id)
     counts = transcript.forget_message(message_id, keep_record=keep_record)
-    seconds = archive.compact()
+    seconds, ticket = _compact(archive, wait)
     logger.info("forgot message %s of session %s: %d chunks, %s", message_id, session_id, chunks, counts)
-    return Forgotten((message_id,), chunks, counts["log_rows"], counts["memory_blocks"], False, round(seconds, 3))
+    return Forgotten((message_id,), chunks, counts["log_rows"], counts["memory_blocks"], False, seconds, ticket)
 
 
-def forget_session(transcript: Transcript, archive: Archive, session_id: str) -> Forgotten:
-    """Erase a whole session: its archive, eviction log, messages and memory blocks."""
+def forget_session(transcript: Transcript, archive: Archive, session_id: str, wait: bool = True) -> Forgotten:
+    """Erase a whole session: its archive, eviction log, messages and memory blocks (``wait`` as above)."""
     ids = tuple(m.message_id for m in transcript.messages(session_id, include_superseded=True))
     log_rows = transcript.pending_count(session_id)
     chunks = archive.forget(session_id)
     transcript.delete_session(session_id)
-    seconds = archive.compact()
+    seconds, ticket = _compact(archive, wait)
     logger.info("forgot session %s: %d messages, %d chunks", session_id, len(ids), chunks)
-    return Forgotten(ids, chunks, log_rows, 0, False, round(seconds, 3))
+    return Forgotten(ids, chunks, log_rows, 0, False, seconds, ticket)
 
 
 def memory_for_chunk(archive: Archive, session_id: str, chunk_id: str, pending=()):

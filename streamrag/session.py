@@ -88,6 +88,8 @@ class Resources:
             # Text logged before a crash or during an outage is indexed without waiting for new evictions.
             if self.transcript.pending_count():
                 self.indexer.notify()
+        # A compaction of the archive copies the store while index writes wait.
+        self.archive.pause_writes = self.indexer.paused
 
     @contextlib.contextmanager
     def using_model(self) -> Iterator[None]:
@@ -836,6 +838,10 @@ class Assistant:
             archive_unavailable=self.indexer.unavailable,
         )
 
+    def wait_forgotten(self, timeout: float | None = 300.0) -> bool:
+        """Wait until the archive's files have been rewritten after the forgets asked for so far."""
+        return self.archive.wait_compacted(timeout=timeout)
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything this session evicted is indexed in the archive; False on timeout or outage."""
         return self.indexer.flush(self.session_id, timeout=timeout)
@@ -844,20 +850,22 @@ class Assistant:
         """The session's archive searched for ``query`` (text not yet indexed included, through BM25)."""
         return self.archive.search(self.session_id, query, k=k, pending=self.indexer.pending_chunks(self.session_id))
 
-    def forget(self, chunk_id: str, keep_record: bool = False) -> Forgotten:
+    def forget(self, chunk_id: str, keep_record: bool = False, wait: bool = False) -> Forgotten:
         """Forget a memory: the message it was cut from, everywhere (see :meth:`forget_message`)."""
         with self._lock:
             pending = self.indexer.pending_chunks(self.session_id)
             memory = forgetting.memory_for_chunk(self.archive, self.session_id, chunk_id, pending)
-            return self.forget_message(memory.message_id, keep_record)
+            return self.forget_message(memory.message_id, keep_record, wait)
 
-    def forget_message(self, message_id: str, keep_record: bool = False) -> Forgotten:
+    def forget_message(self, message_id: str, keep_record: bool = False, wait: bool = False) -> Forgotten:
         """Erase one message's text everywhere, this session's KV cache included (see :mod:`streamrag.forgetting`).
 
         Afterwards no search, recall or export returns it and no file under
         the data directory holds it. With ``keep_record`` the transcript row
         stays, marked forgotten. Other messages that repeated the text (a
-        reply that quoted it) are not touched.
+        reply that quoted it) are not touched. Searches, recall, exports and
+        the cache lose the text before this returns; the archive's files are
+        rewritten in the background unless ``wait`` (:meth:`wait_forgotten`).
         """
         with self._lock:
             self._finish_open_reply()
@@ -870,7 +878,7 @@ class Assistant:
             resident = any(m in self.lm.ledger for m in (message_id, *blocks))
             with self.indexer.paused():
                 forgotten = forgetting.forget_message(
-                    self.transcript, self.archive, self.session_id, message_id, keep_record
+                    self.transcript, self.archive, self.session_id, message_id, keep_record, wait
                 )
             self._said.pop(message_id, None)
             if resident:
@@ -879,16 +887,16 @@ class Assistant:
                 self._after_rewind()  # the turn count and the last reply as the transcript now says
             return replace(forgotten, cache_rebuilt=resident)
 
-    def forget_session(self) -> Forgotten:
+    def forget_session(self, wait: bool = False) -> Forgotten:
         """Delete this session everywhere: archive, eviction log, transcript and cache (and this handle).
 
         As with :meth:`forget_message`, no file under the data directory holds
-        its text afterwards.
+        its text afterwards (once the background rewrite is done, unless ``wait``).
         """
         with self._lock:
             self._finish_open_reply()
             with self.indexer.paused():
-                forgotten = forgetting.forget_session(self.transcript, self.archive, self.session_id)
+                forgotten = forgetting.forget_session(self.transcript, self.archive, self.session_id, wait)
             with self.resources._assistants_lock:
                 if self.resources._assistants.get(self.session_id) is self:
                     del self.resources._assistants[self.session_id]

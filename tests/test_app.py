@@ -54,6 +54,7 @@ def app(embedded, tmp_path_factory):
     demo, url, resources = launch_app(embedded, path)
     yield url, resources, path
     demo.close()
+    resources.close()
 
 
 def client(url: str):
@@ -167,7 +168,7 @@ def test_undo_regenerate_and_sessions_that_survive_a_restart(app, embedded):
     assert [m.role for m in resources.transcript.messages(session_id)][-2:] == ["user", "assistant"]
 
     # A second app on the same data directory (a restart) lists the session and resumes it.
-    demo, url2, _ = launch_app(embedded, path)
+    demo, url2, restarted = launch_app(embedded, path)
     try:
         c2 = client(url2)
         _, _, _, _, sessions = c2.predict(api_name="/new_session")
@@ -180,12 +181,14 @@ def test_undo_regenerate_and_sessions_that_survive_a_restart(app, embedded):
         assert not choices or any(session_id in str(choice) for choice in choices)
     finally:
         demo.close()
+        restarted.close()
 
 
 def test_forget_one_memory_or_the_whole_session_from_the_archive_tab(app):
     url, resources, path = app
     c = client(url)
     chat(c, "My bank PIN hint is 'the blue door'.")
+    chat(c, "Note for later: the pool locker is 4711-PELICAN.")  # words no other test's session uses
     for filler in FILLER:
         _, panel, _, _ = chat(c, filler)
     session_id = panel["session_id"]
@@ -200,10 +203,11 @@ def test_forget_one_memory_or_the_whole_session_from_the_archive_tab(app):
     # The screen agrees with the stores: the forgotten message left the chat view too.
     assert not any("PIN hint" in _text(m["content"]) for m in history if m["role"] == "user")
     # Forgetting the whole session (the confirmation step's endpoint) leaves no byte of it under the data dir.
-    words = "gardening for a while. What should I plant in a shady corner"
+    words = "4711-PELICAN"
     assert files_holding(path, words)
     c.predict(api_name="/forget_session")
     assert resources.archive.count(session_id) == 0 and resources.transcript.get_session(session_id) is None
+    assert resources.archive.wait_compacted(timeout=300)  # the archive's files are rewritten in the background
     assert files_holding(path, words) == []
 
 
@@ -250,7 +254,7 @@ def test_the_page_streams_a_reply_in_headless_chromium_and_saves_a_screenshot(ap
     if not os.path.exists(CHROMIUM):
         pytest.skip("chromium is not installed (make test installs it with apt-get as root; no apt or no root here)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the app extra)")
-    url, _, _ = app
+    url, resources, _ = app
     args = [
         "--headless",
         "--no-sandbox",
@@ -283,9 +287,29 @@ def test_the_page_streams_a_reply_in_headless_chromium_and_saves_a_screenshot(ap
             assert "Margarethe" in text
             RESULTS.mkdir(exist_ok=True)
             page.screenshot(path=str(RESULTS / "app.png"), full_page=True)
+            session_id = _last_session(resources)  # the session this page just chatted in
+            trash = page.locator("#chat").get_by_role("button", name="Clear")
+            # The trash icon asks first. Cancel: the conversation comes back on screen and stays stored.
+            page.once("dialog", lambda dialog: dialog.dismiss())
+            trash.click()
+            page.wait_for_function("() => document.querySelector('#chat').innerText.includes('Margarethe')")
+            assert resources.transcript.get_session(session_id) is not None
+            # Confirm: the session is forgotten for real, and the screen is empty.
+            page.once("dialog", lambda dialog: dialog.accept())
+            trash.click()
+            deadline = time.monotonic() + 60
+            while resources.transcript.get_session(session_id) is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert resources.transcript.get_session(session_id) is None
+            assert "Margarethe" not in page.locator("#chat").inner_text()
         finally:
             browser.close()
     assert (RESULTS / "app.png").stat().st_size > 10_000
+
+
+def _last_session(resources) -> str:
+    """The most recently updated stored session (the one the browser just used)."""
+    return resources.transcript.sessions(limit=1)[0].session_id
 
 
 def test_serve_binds_locally_without_a_share_link_by_default(monkeypatch, tmp_path):

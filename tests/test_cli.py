@@ -104,5 +104,5 @@ def test_archive_commands_search_list_export_and_forget(config_file):
     assert missing.exit_code == 1 and "no session" in missing.output
 
     gone = runner.invoke(app, ["archive", "forget", "-s", "s1", "--yes", "-c", str(config_file)])
-    assert gone.exit_code == 0 and "forgot 1 memory" in gone.output
+    assert gone.exit_code == 0 and "forgot the session: 1 messages, 1 memories" in gone.output
     assert archive.count("s1") == 0 and transcript.get_session("s1") is None

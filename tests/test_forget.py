@@ -38,15 +38,16 @@ def planted(resources) -> tuple[Assistant, str]:
 
 
 def assert_forgotten(assistant: Assistant) -> None:
-    data_dir = assistant.resources.config.data_dir
-    assert assistant.flush()
-    assert files_holding(data_dir, SECRET) == []
+    # At once: no search, recall, export or cache holds it...
     assert all(SECRET not in m.text for m in assistant.search(f"vault code {SECRET}", k=20))
     assert SECRET not in assistant.recall(f"What is my vault code {SECRET}?").block
     exported = json.dumps(assistant.transcript.export(assistant.session_id))
     assert SECRET not in exported
     cached = assistant.resources.tokenizer.decode(assistant.lm.ledger.token_ids())
     assert SECRET not in cached
+    # ...and once the archive's files are rewritten (in the background), no file does.
+    assert assistant.wait_forgotten(timeout=300) and assistant.flush()
+    assert files_holding(assistant.resources.config.data_dir, SECRET) == []
 
 
 def test_forgetting_one_memory_forgets_its_message_everywhere(make_resources):
@@ -54,6 +55,7 @@ def test_forgetting_one_memory_forgets_its_message_everywhere(make_resources):
     hit = next(m for m in assistant.search(SECRET, k=10) if SECRET in m.text)
     forgotten = assistant.forget(hit.chunk_id)
     assert forgotten.message_ids == (message_id,) and forgotten.chunks >= 1 and forgotten.memory_blocks == 1
+    assert forgotten.compact_seconds is None and forgotten.compaction  # the files are rewritten in the background
     assert_forgotten(assistant)
     # The conversation goes on; the rest of it is still remembered.
     assert assistant.chat("Thanks. What should I plant in a shady corner?")
@@ -74,7 +76,7 @@ def test_forgetting_a_message_while_it_is_in_the_cache_rebuilds_the_cache_withou
 
 def test_keeping_the_record_keeps_only_the_transcript_row(make_resources):
     assistant, message_id = planted(make_resources(recall=RECALL))
-    assistant.forget_message(message_id, keep_record=True)
+    assistant.forget_message(message_id, keep_record=True, wait=True)
     data_dir = assistant.resources.config.data_dir
     assert files_holding(data_dir, SECRET) == ["transcripts.sqlite3"]
     kept = assistant.transcript.get(message_id)
@@ -95,7 +97,7 @@ def test_forgetting_the_session_leaves_no_byte_of_it(make_resources):
     assert other.flush()
     kept = resources.archive.count(other.session_id)
     forgotten = assistant.forget_session()
-    assert forgotten.chunks > 0
+    assert forgotten.chunks > 0 and assistant.wait_forgotten(timeout=300)
     assert files_holding(resources.config.data_dir, SECRET) == []
     assert resources.transcript.get_session(assistant.session_id) is None
     assert resources.archive.count(assistant.session_id) == 0
@@ -161,3 +163,14 @@ def test_undo_regenerate_and_resume_leave_no_hole(make_resources, action):
     # And a search for an early message's own words finds it.
     first = next(m for m in assistant.transcript.messages(assistant.session_id) if m.role == "user")
     assert any(m.message_id == first.message_id for m in assistant.search(first.content, k=5))
+
+
+def test_the_forget_benchmark_erases_every_planted_text_and_keeps_the_other_session(tmp_path):
+    from streamrag.bench.forget import run_forget
+    from streamrag.config import ArchiveSettings
+
+    result = run_forget(ArchiveSettings(), tmp_path, chunks=60, progress=False)
+    assert result["files_holding_forgotten"] == 0
+    assert result["timings"]["message"]["chunks"] == 1 and result["timings"]["session"]["chunks"] == 59
+    assert result["kept_session_chunks"]["after"] == result["kept_session_chunks"]["before"]
+    assert (tmp_path / "forget.json").exists() and (tmp_path / "forget.png").stat().st_size > 5_000

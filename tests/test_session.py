@@ -153,7 +153,8 @@ def test_forget_removes_one_memory_or_the_whole_session(resources):
     run_on(assistant, windows=3)
     assert assistant.flush()
     hit = next(m for m in assistant.search("bank PIN hint blue door", k=10) if "blue door" in m.text)
-    assert assistant.forget(hit.chunk_id) == 1
+    forgotten = assistant.forget(hit.chunk_id)
+    assert forgotten.chunks == 1 and forgotten.message_ids == (hit.message_id,)
     assert all("blue door" not in m.text for m in assistant.search("bank PIN hint blue door", k=20))
     assert assistant.stats().archived_chunks > 0
     assistant.forget_session()

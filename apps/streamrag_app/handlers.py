@@ -207,6 +207,18 @@ class Handlers:
         html, data = self._panel(assistant)
         return status, self.search(query, k, state), self.registry.chat_history(assistant), html, data
 
+    def clear_chat(self, confirmed: bool, state: dict | None) -> tuple:
+        """The chat's trash icon. The browser asked first (a confirm dialog): forget the session for real,
+        or put the conversation back on the screen. Either way screen and stores agree.
+        """
+        state = dict(state or new_state())
+        if confirmed and state.get("session_id"):
+            _, _, *outputs = self.forget_session(state)
+            return outputs
+        assistant = self.registry.current(state)
+        html, data = self._panel(assistant)
+        return "", self.registry.chat_history(assistant), html, data, self._sessions_update(state), state
+
     @staticmethod
     def ask_forget_session(state: dict | None):
         """First click on *Forget the whole session*: show the confirmation, do nothing yet."""

@@ -23,6 +23,10 @@ from streamrag_app.sessions import SessionRegistry, new_state  # noqa: E402
 
 logger = logging.getLogger(__name__)
 MODEL_GROUP = "model"  # concurrency id of every event that runs the shared model
+CONFIRM_CLEAR = (
+    "Forget this whole session for good? Every message and memory of it is erased from the transcript "
+    "and the archive. Cancel keeps it."
+)
 
 INTRO = (
     "### streamrag: a chat that remembers what left its window\n"
@@ -93,6 +97,7 @@ def build_app(resources: Resources) -> gr.Blocks:
             )
             temperature = gr.Slider(0.0, 2.0, value=defaults["generation.temperature"], step=0.05, label="Temperature")
 
+        confirmed = gr.Checkbox(visible=False)  # filled in by the browser's confirm dialog
         settings = [window, sinks, recall_k, budget, temperature]
         chat_outputs = [textbox, chatbot, memory_html, memory_json, sessions, state]
         for trigger in (textbox.submit, send.click):
@@ -118,6 +123,15 @@ def build_app(resources: Resources) -> gr.Blocks:
             [archive_status, results, chatbot, memory_html, memory_json],
             api_name="forget",
             **model_limit,
+        )
+        # The chat's trash icon clears the screen in the browser; it forgets the session for real once the user
+        # confirms, and puts the conversation back otherwise, so the screen never disagrees with what is stored.
+        chatbot.clear(
+            handlers.clear_chat,
+            [confirmed, state],
+            chat_outputs,
+            js=f"(confirmed, state) => [window.confirm({CONFIRM_CLEAR!r}), state]",
+            api_name=False,
         )
         # Forgetting a whole session asks first: the button only shows the confirmation.
         forget_all.click(handlers.ask_forget_session, [state], [archive_status, confirm_row], api_name=False)

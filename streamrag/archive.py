@@ -37,6 +37,8 @@ from streamrag.lexical import LexicalIndex
 logger = logging.getLogger(__name__)
 
 RRF_K = 60
+# Embedded stores rewritten by this process (path -> count): other Archive objects on one reopen.
+_REWRITES: dict[str, int] = {}
 
 
 class ArchiveUnavailable(RuntimeError):
@@ -163,6 +165,7 @@ class Archive:
         )
         self.chunker = Chunker(settings.chunk_chars, settings.chunk_overlap_chars)
         self._collection = None
+        self._generation = 0
         self._lexical: dict[str, LexicalIndex] = {}
         self._lock = threading.RLock()
         self._reranker = None
@@ -185,12 +188,20 @@ class Archive:
 
     @property
     def collection(self):
-        """The Chroma collection, opened (and the client created) on first use."""
+        """The Chroma collection, opened (and the client created) on first use.
+
+        Reopened when another archive of this process rewrote the same
+        embedded store (:meth:`compact`), whose old files this one still held.
+        """
+        if self._collection is not None and self._generation != _REWRITES.get(self.where, 0):
+            with self._lock:
+                self.client, self._collection = None, None
         if self._collection is None:
             with self._lock:
                 if self._collection is None:
                     if self.client is None:
                         self.client = open_chroma_client(self.settings, self.data_dir)
+                    self._generation = _REWRITES.get(self.where, 0)
                     with self._store(f"opening collection {self.settings.collection!r}"):
                         self._collection = self.client.get_or_create_collection(
                             self.settings.collection,
@@ -455,6 +466,7 @@ class Archive:
                     path.rename(stale)
                     fresh.rename(path)
                     shutil.rmtree(stale)
+                    _REWRITES[self.where] = _REWRITES.get(self.where, 0) + 1
                     self.collection  # noqa: B018 - reopen on the rewritten files
             finally:
                 shutil.rmtree(export, ignore_errors=True)

@@ -51,6 +51,7 @@ MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcr
 SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
 BUSY_GRACE_S = 0.5  # the model counts as in use this long after its last step (the gap between two tokens)
 REFEED_SHARE = 0.75  # a rebuilt cache re-feeds the newest messages that fit in this share of the window
+REPLY_WAIT_S = 300.0  # how long a new turn waits for a reply another thread is still reading
 _SHARED: dict[str, Resources] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -236,6 +237,7 @@ class Reply(Iterator[str]):
         self.sync = sync
         self._generation = generation
         self._done = False
+        self.owner = threading.get_ident()  # the thread that asked for it (and is presumably reading it)
 
     def __iter__(self) -> Reply:
         return self
@@ -351,6 +353,7 @@ class Assistant:
         self._started = False
         self._open_reply: Reply | None = None
         self._lock = threading.RLock()  # one step of this session at a time (a turn, a token, a sync)
+        self._reply_ended = threading.Condition(self._lock)  # notified when the open reply ends
         self._stop = threading.Event()  # set by stop(): the reply in progress ends after its current token
 
     # -- construction ---------------------------------------------------
@@ -505,7 +508,19 @@ class Assistant:
             self._feed([HistoryMessage("system", prompt)])
 
     def _finish_open_reply(self) -> None:
-        """A new step of the conversation ends a reply still open (its text so far is recorded)."""
+        """Before a new step of the conversation, the reply still open must end (called with the lock held).
+
+        A reply another thread is reading is waited for (up to
+        ``REPLY_WAIT_S``): concurrent calls on one session are serialised, and
+        cache order stays transcript order. A reply this thread left half-read
+        (or one still open after the wait) is ended here, its text so far recorded.
+        """
+        reply = self._open_reply
+        if reply is not None and reply.owner != threading.get_ident():
+            if not self._reply_ended.wait_for(lambda: self._open_reply is not reply, timeout=REPLY_WAIT_S):
+                logger.warning(
+                    "session %s: a reply open for %.0f s in another thread is ended", self.session_id, REPLY_WAIT_S
+                )
         if self._open_reply is not None:
             self._open_reply.close()
 
@@ -513,6 +528,7 @@ class Assistant:
         """A reply ended: store its text (if any) as the assistant's message of its turn."""
         if self._open_reply is reply:
             self._open_reply = None
+            self._reply_ended.notify_all()
         text = reply.text
         if text.strip():
             meta = {"stop_reason": reply.stop_reason}

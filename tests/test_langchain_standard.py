@@ -103,6 +103,7 @@ class TestStreamRAGRetriever(RetrieversIntegrationTests):
         resources = build_resources(embedded, tmp_path_factory.mktemp("lc-retriever"))
         session = resources.session("standard-retriever")
         session.sync(filler_history(windows=3, capacity=resources.config.cache.capacity))
+        assert session.flush()  # evicted text is indexed in the background
         assert resources.archive.count("standard-retriever") >= 3
         _SHARED["archive"] = resources.archive
         yield

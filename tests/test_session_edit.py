@@ -153,3 +153,23 @@ def test_a_reply_left_half_read_holds_no_lock_and_is_recorded_by_the_next_turn(m
     replies = [m for m in alice.transcript.messages(alice.session_id) if m.role == "assistant"]
     assert (replies[0].message_id, replies[0].content) == (reply.message_id, first)
     assert first.strip() in cached_text(alice)
+
+
+@pytest.mark.parametrize("bad", ["half an emoji \ud83d here", "\udfff", "   "])
+def test_invalid_text_is_refused_everywhere_and_leaves_nothing_behind(make_resources, bad):
+    assistant = Assistant(make_resources())
+    assistant.chat("Hello.")
+    before = (assistant.transcript.count(assistant.session_id), assistant.lm.stats())
+    calls = [
+        lambda: assistant.chat(bad),
+        lambda: assistant.add_message("user", bad),
+        lambda: assistant.add_messages([("user", "fine"), ("assistant", bad)]),
+    ]
+    if bad.strip():  # whole-list calls leave blank messages out by design (see streamrag.history)
+        calls.append(
+            lambda: assistant.stream_messages([{"role": "user", "content": "Hello."}, {"role": "user", "content": bad}])
+        )
+    for call in calls:
+        with pytest.raises(MessageError):
+            call()
+    assert (assistant.transcript.count(assistant.session_id), assistant.lm.stats()) == before

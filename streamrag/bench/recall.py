@@ -242,6 +242,7 @@ class _AssistantChat(_EngineChat):
         fact_id = self.fact_ids[probe.probe_id]
         evicted = fact_id not in self.lm.ledger.resident_ranges()
         key = probe.key.lower()
+        assistant.flush(timeout=60)  # evictions are indexed in the background; recall would wait for them too
         archived = any(
             m.message_id == fact_id and key in m.text.lower() for m in assistant.archive.list(assistant.session_id)
         )
@@ -302,7 +303,7 @@ def _ceiling(model, tokenizer, config: StreamRAGConfig, probes: list[Probe], adv
     run = SystemRun()
     started = time.perf_counter()
     for probe in probes:
-        lm = StreamingLM(model, tokenizer, config, session_id=f"ceiling-{probe.probe_id}")
+        lm = StreamingLM(model, tokenizer, config)
         lm.add_message("user", probe.fact)
         lm.add_message("assistant", probe.ack)
         reply = lm.chat(probe.question)

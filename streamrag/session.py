@@ -491,10 +491,7 @@ class Assistant:
         with self.resources.using_model():
             self.lm.reset()
             prefill = self.lm.add_messages([(m.role, m.content, m.message_id) for m in feed]) if feed else None
-        self.turn = max((m.turn for m in messages), default=0)
-        replies = [m for m in messages if m.role == "assistant"]
-        self._last_reply_text = replies[-1].content if replies else None
-        self._started = bool(messages)
+        self._after_rewind(messages)
         logger.info("session %s: cache rebuilt, %d of %d messages re-fed", self.session_id, len(feed), len(messages))
         return prefill.tokens if prefill else 0
 
@@ -806,9 +803,10 @@ class Assistant:
             return first[0].seq
         return 0
 
-    def _after_rewind(self) -> None:
-        """Turn number and last reply as the active transcript now says (after superseding its end)."""
-        messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
+    def _after_rewind(self, messages: list[StoredMessage] | None = None) -> None:
+        """Turn number and last reply as the active transcript (or ``messages`` read from it) now says."""
+        if messages is None:
+            messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
         self.turn = max((m.turn for m in messages), default=0)
         replies = [m for m in messages if m.role == "assistant"]
         self._last_reply_text = replies[-1].content if replies else None

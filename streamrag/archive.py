@@ -404,12 +404,14 @@ class Archive:
         """Delete one memory, every memory of one message, or every memory of a session; returns how many.
 
         Deleting removes records from the store's index, not their bytes
-        from its files: call :meth:`compact` for that (forgetting does).
+        from its files: call :meth:`compact` for that (forgetting does). A
+        compaction under way is waited for: its copy would bring the records back.
         """
         where: dict = {"session_id": session_id}
         if message_id is not None:
             where = {"$and": [{"session_id": session_id}, {"message_id": message_id}]}
-        with self._lock, self._store("delete"):
+        # Not during a compaction: its copy would bring back what this deletes.
+        with self._compacting, self._lock, self._store("delete"):
             if chunk_id is not None:
                 ids = self.collection.get(ids=[chunk_id], where=where, include=[])["ids"]
             else:
@@ -446,7 +448,8 @@ class Archive:
         path = Path(self.where)
         fresh, stale = path.with_name(path.name + ".compacting"), path.with_name(path.name + ".stale")
         export = path.with_name(path.name + ".export")
-        with self._compacting, self.pause_writes():
+        # Lock order everywhere: index writes paused, then compaction, then the archive's own lock.
+        with self.pause_writes(), self._compacting:
             if not path.exists():
                 return 0.0
             for leftover in (fresh, export, stale):

@@ -174,3 +174,17 @@ def test_the_forget_benchmark_erases_every_planted_text_and_keeps_the_other_sess
     assert result["timings"]["message"]["chunks"] == 1 and result["timings"]["session"]["chunks"] == 59
     assert result["kept_session_chunks"]["after"] == result["kept_session_chunks"]["before"]
     assert (tmp_path / "forget.json").exists() and (tmp_path / "forget.png").stat().st_size > 5_000
+
+
+def test_a_forget_during_a_background_rewrite_is_not_undone_by_it(make_resources):
+    resources = make_resources(recall=RECALL)
+    assistant = Assistant(resources)
+    first = assistant.add_message("user", "The first secret is PANGOLIN-1111.")
+    second = assistant.add_message("user", "The second secret is PANGOLIN-2222.")
+    assistant.add_messages(filler_history(2, assistant.lm.cache.capacity))
+    assert assistant.flush()
+    assistant.forget_message(first)  # starts rewriting the archive in the background
+    assistant.forget_message(second)  # must not be copied back by that rewrite
+    assert assistant.wait_forgotten(timeout=300)
+    assert not any("PANGOLIN" in m.text for m in resources.archive.list(assistant.session_id))
+    assert files_holding(resources.config.data_dir, "PANGOLIN") == []

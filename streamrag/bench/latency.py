@@ -330,7 +330,23 @@ class _Stream:
         pass
 
 
-class _SinkStream(_Stream):
+class _EngineStream(_Stream):
+    """A runner around a StreamingLM (``self.lm``): its cache's size and eviction counts."""
+
+    lm: Any
+
+    def cache_bytes(self) -> int:
+        return self.lm.cache.nbytes()
+
+    def cache_tokens(self) -> int:
+        return self.lm.cache.get_seq_length()
+
+    def extra(self) -> dict[str, Any]:
+        stats = self.lm.stats()
+        return {"capacity": stats.capacity, "evicted_tokens": stats.evicted_tokens, "evictions": stats.evictions}
+
+
+class _SinkStream(_EngineStream):
     """The engine itself: text through feed_for_scoring (real eviction), single-token decode steps."""
 
     def __init__(self, model, tokenizer, config: StreamRAGConfig):
@@ -351,16 +367,6 @@ class _SinkStream(_Stream):
     def step(self, token: int):
         self.last_logits = self.lm.feed_for_scoring([token])[-1]
         return self.last_logits
-
-    def cache_bytes(self) -> int:
-        return self.lm.cache.nbytes()
-
-    def cache_tokens(self) -> int:
-        return self.lm.cache.get_seq_length()
-
-    def extra(self) -> dict[str, Any]:
-        stats = self.lm.stats()
-        return {"capacity": stats.capacity, "evicted_tokens": stats.evicted_tokens, "evictions": stats.evictions}
 
 
 class _DenseStream(_Stream):
@@ -517,7 +523,7 @@ def _label(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-class _ArchiveStream(_Stream):
+class _ArchiveStream(_EngineStream):
     """A conversation with the archive attached: chat messages in, a Reply's steps out, evictions logged."""
 
     def __init__(self, model, tokenizer, config: StreamRAGConfig):
@@ -586,23 +592,13 @@ class _ArchiveStream(_Stream):
         self.reply.close()
         self.reply = None
 
-    def cache_bytes(self) -> int:
-        return self.lm.cache.nbytes()
-
-    def cache_tokens(self) -> int:
-        return self.lm.cache.get_seq_length()
-
     def extra(self) -> dict[str, Any]:
-        stats = self.assistant.stats()
         archive = self.resources.archive
-        return {
-            "capacity": stats.cache.capacity,
-            "evicted_tokens": stats.cache.evicted_tokens,
-            "evictions": stats.cache.evictions,
+        return super().extra() | {
             "tokens_per_step": rounded(self.tokens / max(self.steps, 1), 3),
             "indexed_chunks": archive.chunks_written,
             "index_ms_per_chunk": rounded(1000 * archive.write_seconds / max(archive.chunks_written, 1), 2),
-            "pending_evictions": stats.pending_evictions,
+            "pending_evictions": self.resources.transcript.pending_count(),
         }
 
     def close(self) -> None:

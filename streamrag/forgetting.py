@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Forgotten:
-    """What a forget removed: messages, archived chunks, eviction-log rows, memory blocks.
+    """What a forget removed: messages, archived chunks, eviction-log rows, recalled memory blocks.
 
     ``cache_rebuilt``: the text was in a live KV cache, which was rebuilt
     without it. ``compact_seconds``: the time taken to rewrite the archive's
@@ -44,10 +44,15 @@ class Forgotten:
     message_ids: tuple[str, ...]
     chunks: int
     log_rows: int
-    memory_blocks: int
+    memory_block_ids: tuple[str, ...]
     cache_rebuilt: bool
     compact_seconds: float | None
     compaction: int | None = None
+
+    @property
+    def memory_blocks(self) -> int:
+        """How many recalled memory blocks were erased with it."""
+        return len(self.memory_block_ids)
 
 
 def _compact(archive: Archive, wait: bool) -> tuple[float | None, int | None]:
@@ -79,18 +84,21 @@ def forget_message(
     counts = transcript.forget_message(message_id, keep_record=keep_record)
     seconds, ticket = _compact(archive, wait)
     logger.info("forgot message %s of session %s: %d chunks, %s", message_id, session_id, chunks, counts)
-    return Forgotten((message_id,), chunks, counts["log_rows"], counts["memory_blocks"], False, seconds, ticket)
+    blocks = tuple(counts["memory_blocks"])
+    return Forgotten((message_id,), chunks, counts["log_rows"], blocks, False, seconds, ticket)
 
 
 def forget_session(transcript: Transcript, archive: Archive, session_id: str, wait: bool = True) -> Forgotten:
     """Erase a whole session: its archive, eviction log, messages and memory blocks (``wait`` as above)."""
-    ids = tuple(m.message_id for m in transcript.messages(session_id, include_superseded=True))
-    log_rows = transcript.pending_count(session_id)
+    messages = transcript.messages(session_id, include_superseded=True)
+    ids = tuple(m.message_id for m in messages if m.role != "memory")
+    blocks = tuple(m.message_id for m in messages if m.role == "memory")
+    log_rows = transcript.log_count(session_id)
     chunks = archive.forget(session_id)
     transcript.delete_session(session_id)
     seconds, ticket = _compact(archive, wait)
     logger.info("forgot session %s: %d messages, %d chunks", session_id, len(ids), chunks)
-    return Forgotten(ids, chunks, log_rows, 0, False, seconds, ticket)
+    return Forgotten(ids, chunks, log_rows, blocks, False, seconds, ticket)
 
 
 def memory_for_chunk(archive: Archive, session_id: str, chunk_id: str, pending=()):

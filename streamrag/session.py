@@ -42,7 +42,7 @@ from streamrag.indexer import Indexer
 from streamrag.ledger import EvictedSpan
 from streamrag.recall import RecallPolicy, RecallResult
 from streamrag.text import MessageError
-from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, quotes, title_of
+from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, title_of
 
 logger = logging.getLogger(__name__)
 
@@ -883,17 +883,12 @@ class Assistant:
         """
         with self._lock:
             self._finish_open_reply()
-            stored = self.transcript.get(message_id)
-            blocks = [
-                m.message_id
-                for m in self.transcript.messages(self.session_id, include_superseded=True)
-                if stored is not None and m.role == MEMORY_ROLE and quotes(m.content, stored.content)
-            ]
-            resident = any(m in self.lm.ledger for m in (message_id, *blocks))
             with self.indexer.paused():
                 forgotten = forgetting.forget_message(
                     self.transcript, self.archive, self.session_id, message_id, keep_record, wait
                 )
+            # The cache still holds what the transcript just lost: the message, or a memory block quoting it.
+            resident = any(m in self.lm.ledger for m in (message_id, *forgotten.memory_block_ids))
             self._said.pop(message_id, None)
             if resident:
                 self._rebuild()

@@ -585,7 +585,8 @@ class Transcript:
         row) is erased when one of its lines quotes the message. The session
         title is re-derived if the message gave it. Rows are overwritten
         (``secure_delete``) and the WAL is truncated, so no file holds the
-        text afterwards. Returns counts of what was removed.
+        text afterwards. Returns what was removed: log rows and messages as
+        counts, the ids of the erased memory blocks.
         """
         now = time.time()
         with self._write() as conn:
@@ -618,7 +619,7 @@ class Transcript:
             conn.execute("UPDATE sessions SET updated_at = ? WHERE session_id = ?", (now, message.session_id))
         self.checkpoint()
         logger.info("transcript: forgot message %s (%d log rows, %d memory blocks)", message_id, log_rows, len(blocks))
-        return {"log_rows": log_rows, "memory_blocks": len(blocks), "messages": 0 if keep_record else 1}
+        return {"log_rows": log_rows, "memory_blocks": blocks, "messages": 0 if keep_record else 1}
 
     def _retitle(self, conn: sqlite3.Connection, forgotten: StoredMessage) -> None:
         """A title cut from a forgotten message goes with it; the next user message names the session instead."""
@@ -713,6 +714,11 @@ class Transcript:
         params.append(_check_limit(limit))
         with self._read() as conn:
             return [_evicted_from_row(row) for row in conn.execute(query, params)]
+
+    def log_count(self, session_id: str) -> int:
+        """Rows of the session in the eviction log, indexed or not."""
+        with self._read() as conn:
+            return conn.execute("SELECT COUNT(*) FROM evicted WHERE session_id = ?", (session_id,)).fetchone()[0]
 
     def pending_count(self, session_id: str | None = None) -> int:
         query = "SELECT COUNT(*) FROM evicted WHERE indexed_at IS NULL"

@@ -629,10 +629,14 @@ class Assistant:
             raise
         self._title_from(text)
         self.turn = turn
-        self._said[reply.message_id] = (turn, time.time())
+        return self._open(Reply(self, reply, turn, stored.message_id, recall, sync))
+
+    def _open(self, reply: Reply) -> Reply:
+        """A reply starts: it is the session's open reply, said now, and an earlier stop() does not apply."""
+        self._said[reply.message_id] = (reply.turn, time.time())
         self._stop.clear()
-        self._open_reply = Reply(self, reply, turn, stored.message_id, recall, sync)
-        return self._open_reply
+        self._open_reply = reply
+        return reply
 
     def _recall(self, text: str) -> RecallResult:
         """Recall for ``text``: wait briefly for the indexer, search the archive and what is still pending."""
@@ -667,10 +671,7 @@ class Assistant:
     def _answer_without_message(self, generation: dict, sync: SyncResult | None = None) -> Reply:
         with self.resources.using_model():
             reply = self.lm.stream_reply(**generation)
-        self._said[reply.message_id] = (self.turn, time.time())
-        self._stop.clear()
-        self._open_reply = Reply(self, reply, self.turn, sync=sync)
-        return self._open_reply
+        return self._open(Reply(self, reply, self.turn, sync=sync))
 
     def undo(self) -> str | None:
         """Take back the last exchange: the last user message and everything after it.

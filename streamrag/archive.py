@@ -8,23 +8,30 @@ the indexer may retry after any failure. Every call that reaches the store
 raises :class:`ArchiveUnavailable` when the store fails, never a raw client
 error, so callers can degrade (chat goes on without recall) instead of stopping.
 
+Each session has its own collection (and BM25 index), so one conversation
+never recalls another's text and a search costs what that session holds.
 Search is hybrid: Chroma's dense similarity and BM25 over the same chunks,
-fused by reciprocal rank (RRF, k=60). Every query is filtered by session: one
-conversation never recalls another's text.
+each candidate scored on one absolute scale (see :meth:`Archive.search`).
+What is embedded and BM25-indexed is the chunk *with its speaker*
+("Maya: I ran my first half marathon"), so "what did Maya run" finds it;
+what is stored and shown is the verbatim text.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -36,7 +43,6 @@ from streamrag.lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
 
-RRF_K = 60
 # Embedded stores rewritten by this process (path -> count): other Archive objects on one reopen.
 _REWRITES: dict[str, int] = {}
 
@@ -49,11 +55,13 @@ class ArchiveUnavailable(RuntimeError):
 class Memory:
     """One archived chunk, as found by a search or listing.
 
-    ``score`` is the fused rank score (or the reranker's score when one is
-    set); ``similarity`` the cosine similarity from the dense search and
-    ``lexical_score`` the BM25 score, each ``None`` when that retriever did
-    not return the chunk. ``created_at`` is when the text was said.
-    ``pending`` marks text that is logged but not indexed yet (found by BM25 alone).
+    ``score`` is the absolute relevance in [0, 1] (see :meth:`Archive.search`;
+    the reranker's score when one is set); ``similarity`` the cosine
+    similarity to the query and ``lexical_score`` the BM25 coverage (share
+    of the query's content words the chunk holds). ``created_at`` is when
+    the text was said, ``speaker`` who said it (a name, else the role).
+    ``pending`` marks text that is logged but not indexed yet; ``vector``
+    is its embedding when a search returned it.
     """
 
     chunk_id: str
@@ -65,10 +73,21 @@ class Memory:
     char_start: int
     char_end: int
     created_at: float
+    speaker: str = ""
     score: float = 0.0
     similarity: float | None = None
     lexical_score: float | None = None
     pending: bool = False
+    vector: Any = field(default=None, repr=False, compare=False)
+
+
+def embedding_text(speaker: str, text: str) -> str:
+    """What is embedded and BM25-indexed for a chunk: its text, said by its speaker."""
+    return f"{speaker}: {text}" if speaker else text
+
+
+def _spoken_in(meta: dict, between: tuple[float, float]) -> bool:
+    return between[0] <= float(meta.get("created_at", 0.0)) < between[1]
 
 
 def _chunk_meta(c: Chunk) -> dict:
@@ -77,6 +96,7 @@ def _chunk_meta(c: Chunk) -> dict:
         "session_id": c.session_id,
         "message_id": c.message_id,
         "role": c.role,
+        "speaker": c.speaker,
         "turn": c.turn,
         "char_start": c.char_start,
         "char_end": c.char_end,
@@ -92,6 +112,7 @@ def _memory(chunk_id: str, text: str, meta: dict, **scores) -> Memory:
         session_id=str(meta["session_id"]),
         message_id=str(meta["message_id"]),
         role=str(meta["role"]),
+        speaker=str(meta.get("speaker") or meta["role"]),
         turn=int(meta["turn"]),
         char_start=int(meta["char_start"]),
         char_end=int(meta["char_end"]),
@@ -146,7 +167,15 @@ def _set_http_timeout(client, seconds: float) -> None:
 
 
 class Archive:
-    """Evicted text of every session, in one Chroma collection."""
+    """Evicted text of every session: one Chroma collection per session, one BM25 index per live session.
+
+    A collection per session (named from a digest of the session id, the id
+    itself in its metadata) makes a search cost what *that* session holds:
+    a shared collection filtered by session walks the whole archive's
+    vector index and metadata, so one long conversation slowed every other
+    one (measured in issue 11: p95 2.1 s at 5.5k chunks over 10 sessions).
+    Forgetting a whole session drops its collection.
+    """
 
     def __init__(self, settings: ArchiveSettings, data_dir: Path, client=None):
         """Open the store now; a Chroma *server* that is down is retried on first use instead.
@@ -164,9 +193,10 @@ class Archive:
             batch_size=settings.embedding_batch_size,
         )
         self.chunker = Chunker(settings.chunk_chars, settings.chunk_overlap_chars)
-        self._collection = None
+        self._collections: dict[str, Any] = {}
         self._generation = 0
-        self._lexical: dict[str, LexicalIndex] = {}
+        self._opened = False
+        self._lexical: OrderedDict[str, LexicalIndex] = OrderedDict()
         self._lock = threading.RLock()
         self._reranker = None
         self.chunks_written = 0
@@ -180,35 +210,110 @@ class Archive:
         self._compaction_completed = 0
         self._compaction_thread: threading.Thread | None = None
         try:
-            self.collection  # noqa: B018 - opens the store
+            self._client()
         except ArchiveUnavailable as exc:
             if settings.chroma_url is None:
                 raise
             logger.warning("%s; chat goes on and the archive is retried on first use", exc)
 
-    @property
-    def collection(self):
-        """The Chroma collection, opened (and the client created) on first use.
+    # -- the store ------------------------------------------------------
+    def _client(self):
+        """The Chroma client, created on first use; older single-collection archives are split once.
 
         Reopened when another archive of this process rewrote the same
         embedded store (:meth:`compact`), whose old files this one still held.
         """
-        if self._collection is not None and self._generation != _REWRITES.get(self.where, 0):
+        if self._opened and self._generation != _REWRITES.get(self.where, 0):
             with self._lock:
-                self.client, self._collection = None, None
-        if self._collection is None:
+                self.client, self._collections, self._opened = None, {}, False
+        if not self._opened:
             with self._lock:
-                if self._collection is None:
+                if not self._opened:
                     if self.client is None:
                         self.client = open_chroma_client(self.settings, self.data_dir)
                     self._generation = _REWRITES.get(self.where, 0)
-                    with self._store(f"opening collection {self.settings.collection!r}"):
-                        self._collection = self.client.get_or_create_collection(
-                            self.settings.collection,
-                            embedding_function=self.embedder,
-                            configuration={"hnsw": {"space": "cosine"}},
-                        )
-        return self._collection
+                    with self._store("opening"):
+                        self._split_shared_collection()
+                    self._opened = True
+        return self.client
+
+    def collection_name(self, session_id: str) -> str:
+        """The session's collection: the configured prefix and a digest of the id (Chroma limits names)."""
+        digest = hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:24]
+        return f"{self.settings.collection}-{digest}"
+
+    def collection_for(self, session_id: str, create: bool = True):
+        """The session's Chroma collection (created when ``create``), or None when it has none."""
+        client = self._client()
+        collection = self._collections.get(session_id)
+        if collection is not None:
+            return collection
+        name = self.collection_name(session_id)
+        with self._lock, self._store(f"opening the collection of session {session_id!r}"):
+            if create:
+                collection = client.get_or_create_collection(
+                    name,
+                    metadata={"session_id": session_id},
+                    embedding_function=self.embedder,
+                    configuration={"hnsw": {"space": "cosine"}},
+                )
+            else:
+                try:
+                    collection = client.get_collection(name, embedding_function=self.embedder)
+                except Exception as exc:  # chromadb raises NotFoundError (ValueError before 1.0)
+                    if "does not exist" in str(exc) or type(exc).__name__ == "NotFoundError":
+                        return None
+                    raise
+            self._collections[session_id] = collection
+            return collection
+
+    def session_ids(self) -> list[str]:
+        """Sessions that have a collection in this archive."""
+        prefix = self.settings.collection + "-"
+        with self._store("listing collections"):
+            found = self._client().list_collections()
+        return [
+            str(c.metadata["session_id"])
+            for c in found
+            if c.name.startswith(prefix) and (c.metadata or {}).get("session_id")
+        ]
+
+    def _split_shared_collection(self) -> None:
+        """Move an archive written before per-session collections (one shared collection) into them.
+
+        Vectors are copied, not recomputed; the shared collection is dropped
+        only after every record has been written to its session's collection,
+        so a crash midway repeats the copy (idempotent upserts) and loses nothing.
+        """
+        client = self.client
+        names = {c.name for c in client.list_collections()}
+        if self.settings.collection not in names:
+            return
+        shared = client.get_collection(self.settings.collection, embedding_function=self.embedder)
+        total, offset = shared.count(), 0
+        while offset < total:
+            got = shared.get(include=["embeddings", "documents", "metadatas"], limit=2000, offset=offset)
+            if not got["ids"]:
+                break
+            by_session: dict[str, list[int]] = {}
+            for row, meta in enumerate(got["metadatas"]):
+                by_session.setdefault(str(meta["session_id"]), []).append(row)
+            for session_id, rows in by_session.items():
+                target = client.get_or_create_collection(
+                    self.collection_name(session_id),
+                    metadata={"session_id": session_id},
+                    embedding_function=self.embedder,
+                    configuration={"hnsw": {"space": "cosine"}},
+                )
+                target.upsert(
+                    ids=[got["ids"][r] for r in rows],
+                    embeddings=np.asarray([got["embeddings"][r] for r in rows], dtype=np.float32),
+                    documents=[got["documents"][r] for r in rows],
+                    metadatas=[{"speaker": got["metadatas"][r]["role"], **got["metadatas"][r]} for r in rows],
+                )
+            offset += len(got["ids"])
+        client.delete_collection(self.settings.collection)
+        logger.info("archive %s: moved %d chunks from the shared collection into per-session ones", self.where, total)
 
     @contextlib.contextmanager
     def _store(self, what: str) -> Iterator[None]:
@@ -231,50 +336,72 @@ class Archive:
         if not unique:
             return 0
         started = time.perf_counter()
+        by_session: dict[str, list[Chunk]] = {}
+        for chunk in unique:
+            by_session.setdefault(chunk.session_id, []).append(chunk)
         with self._lock, self._store("write"):
-            self._upsert(unique)
+            for session_id, mine in by_session.items():
+                self._upsert(session_id, mine)
         self.write_seconds += time.perf_counter() - started
         self.chunks_written += len(unique)
         return len(unique)
 
-    def _upsert(self, chunks: list[Chunk]) -> None:
-        self.collection.upsert(
+    def _upsert(self, session_id: str, chunks: list[Chunk]) -> None:
+        self.collection_for(session_id).upsert(
             ids=[c.chunk_id for c in chunks],
+            embeddings=np.stack(self.embedder([embedding_text(c.speaker, c.text) for c in chunks])),
             documents=[c.text for c in chunks],
             metadatas=[_chunk_meta(c) for c in chunks],
         )
-        for chunk in chunks:
-            index = self._lexical.get(chunk.session_id)
-            if index is not None:
-                index.upsert({chunk.chunk_id: chunk.text})
+        index = self._lexical.get(session_id)
+        if index is not None:
+            index.upsert({c.chunk_id: embedding_text(c.speaker, c.text) for c in chunks})
 
     # -- reading --------------------------------------------------------
-    def _lexical_index(self, session_id: str) -> LexicalIndex:
-        """The session's BM25 index, loaded from the store on first use (call with the lock held)."""
+    def _lexical_index(self, session_id: str, collection) -> LexicalIndex:
+        """The session's BM25 index, loaded from its collection on first use (call with the lock held).
+
+        Only the most recently used ``archive.lexical_sessions`` indexes stay in memory.
+        """
         index = self._lexical.get(session_id)
         if index is None:
             index = LexicalIndex()
-            got = self.collection.get(where={"session_id": session_id}, include=["documents"])
-            index.upsert(dict(zip(got["ids"], got["documents"])))
+            got = collection.get(include=["documents", "metadatas"])
+            index.upsert(
+                {
+                    cid: embedding_text(str(meta.get("speaker", meta.get("role", ""))), doc)
+                    for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"])
+                }
+            )
             self._lexical[session_id] = index
+            while len(self._lexical) > self.settings.lexical_sessions:
+                self._lexical.popitem(last=False)
+        self._lexical.move_to_end(session_id)
         return index
 
     def count(self, session_id: str | None = None) -> int:
         """Chunks in the archive, for one session or all."""
         with self._store("count"):
             if session_id is None:
-                return self.collection.count()
-            return len(self.collection.get(where={"session_id": session_id}, include=[])["ids"])
+                return sum(self.count(s) for s in self.session_ids())
+            collection = self.collection_for(session_id, create=False)
+            return 0 if collection is None else collection.count()
 
-    def get(self, chunk_ids: list[str]) -> list[Memory]:
+    def get(self, session_id: str, chunk_ids: list[str]) -> list[Memory]:
         with self._store("read"):
-            got = self.collection.get(ids=chunk_ids, include=["documents", "metadatas"])
+            collection = self.collection_for(session_id, create=False)
+            if collection is None or not chunk_ids:
+                return []
+            got = collection.get(ids=chunk_ids, include=["documents", "metadatas"])
         return [_memory(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
 
     def list(self, session_id: str, limit: int | None = None, offset: int = 0) -> list[Memory]:
         """A session's memories in conversation order (turn, then position)."""
         with self._store("listing"):
-            got = self.collection.get(where={"session_id": session_id}, include=["documents", "metadatas"])
+            collection = self.collection_for(session_id, create=False)
+            if collection is None:
+                return []
+            got = collection.get(include=["documents", "metadatas"])
         memories = [_memory(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
         memories.sort(key=lambda m: (m.turn, m.created_at, m.message_id, m.char_start))
         return memories[offset : None if limit is None else offset + limit]
@@ -286,44 +413,66 @@ class Archive:
         k: int = 5,
         candidates: int | None = None,
         pending: list[Chunk] | None = None,
+        spoken_between: tuple[float, float] | None = None,
     ) -> list[Memory]:
-        """Hybrid search inside one session: dense + BM25, fused by reciprocal rank.
+        """Hybrid search inside one session: dense and BM25 candidates, scored on one absolute scale.
 
-        Returns up to ``k`` memories, best first, each carrying the component
-        scores so a recall policy can apply its own thresholds. ``pending``
-        chunks (logged, not yet indexed) are ranked beside the stored ones:
-        embedded here with the archive's own embedder, so their similarity
-        is the one the store would give them.
+        Every candidate (from either retriever) gets both its cosine
+        similarity to the query and its BM25 coverage (share of the query's
+        content words it holds); ``score`` mixes them with
+        ``archive.lexical_weight``, so a threshold on it means the same for
+        every query (reciprocal-rank fusion gives the first hit 1/61
+        whether it is right or unrelated). ``pending`` chunks (logged, not
+        yet indexed) are ranked beside the stored ones, embedded here with
+        the archive's own embedder. ``spoken_between`` keeps only text said
+        in that Unix-time range. Memories carry their vectors (``vector``)
+        so a recall policy can compare them with each other.
         """
         if k <= 0 or not query.strip():
             return []
         pool = candidates or max(3 * k, 10)
         query_vector = self.embedder([query])[0]
-        dense: list[tuple[str, float, str, dict]] = []
-        lexical: list[tuple[str, float]] = []
-        extra: dict[str, tuple[str, dict]] = {}  # BM25 hits the dense search did not return
+        found: dict[str, tuple[str, dict, np.ndarray | None]] = {}
+        similarity: dict[str, float] = {}
+        coverage: dict[str, float] = {}
+        where = None
+        if spoken_between is not None:
+            where = {"$and": [{"created_at": {"$gte": spoken_between[0]}}, {"created_at": {"$lt": spoken_between[1]}}]}
         with self._lock, self._store("search"):
-            index = self._lexical_index(session_id)
+            collection = self.collection_for(session_id, create=False)
+            index = self._lexical_index(session_id, collection) if collection is not None else LexicalIndex()
             if len(index):
-                result = self.collection.query(
+                result = collection.query(
                     query_embeddings=[query_vector],
                     n_results=min(pool, len(index)),
-                    where={"session_id": session_id},
-                    include=["documents", "metadatas", "distances"],
+                    where=where,
+                    include=["documents", "metadatas", "distances", "embeddings"],
                 )
-                dense = [
-                    (cid, 1.0 - float(dist), doc, meta)
-                    for cid, doc, meta, dist in zip(
-                        result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
-                    )
-                ]
-                lexical = index.search(query, pool)
-                missing = [cid for cid, _ in lexical if cid not in {d[0] for d in dense}]
+                for cid, doc, meta, dist, vector in zip(
+                    result["ids"][0],
+                    result["documents"][0],
+                    result["metadatas"][0],
+                    result["distances"][0],
+                    result["embeddings"][0],
+                ):
+                    found[cid] = (doc, meta, np.asarray(vector, dtype=np.float32))
+                    similarity[cid] = 1.0 - float(dist)
+                for hit in index.search(query, pool):
+                    coverage[hit.chunk_id] = hit.coverage
+                missing = [cid for cid in coverage if cid not in found]
                 if missing:
-                    got = self.collection.get(ids=missing, include=["documents", "metadatas"])
-                    extra = dict(zip(got["ids"], zip(got["documents"], got["metadatas"])))
-        found = {cid: (doc, meta) for cid, _, doc, meta in dense} | extra
-        return self._fuse(session_id, query, query_vector, pool, dense, lexical, found, pending or [])[:k]
+                    got = collection.get(ids=missing, include=["documents", "metadatas", "embeddings"])
+                    for cid, doc, meta, vector in zip(
+                        got["ids"], got["documents"], got["metadatas"], got["embeddings"]
+                    ):
+                        if spoken_between is None or _spoken_in(meta, spoken_between):
+                            vector = np.asarray(vector, dtype=np.float32)
+                            found[cid] = (doc, meta, vector)
+                            similarity[cid] = float(np.dot(query_vector, vector))
+                coverage.update(index.coverage(query, [cid for cid in found if cid not in coverage]))
+        return self._score(session_id, query, query_vector, found, similarity, coverage, pending or [], spoken_between)[
+            :k
+        ]
 
     def search_pending(self, session_id: str, query: str, k: int, pending: list[Chunk]) -> list[Memory]:
         """The same hybrid search over logged, not yet indexed chunks alone: no store involved.
@@ -333,55 +482,54 @@ class Archive:
         if k <= 0 or not query.strip():
             return []
         query_vector = self.embedder([query])[0]
-        return self._fuse(session_id, query, query_vector, max(3 * k, 10), [], [], {}, pending)[:k]
+        return self._score(session_id, query, query_vector, {}, {}, {}, pending, None)[:k]
 
-    def _fuse(
+    def _score(
         self,
         session_id: str,
         query: str,
-        query_vector,
-        pool: int,
-        dense: list[tuple[str, float, str, dict]],
-        lexical: list[tuple[str, float]],
-        found: dict[str, tuple[str, dict]],
+        query_vector: np.ndarray,
+        found: dict[str, tuple[str, dict, np.ndarray | None]],
+        similarity: dict[str, float],
+        coverage: dict[str, float],
         pending: list[Chunk],
+        spoken_between: tuple[float, float] | None,
     ) -> list[Memory]:
-        """Reciprocal-rank fusion of the dense and BM25 rankings, pending chunks merged into both."""
-        mine = {c.chunk_id: c for c in pending if c.session_id == session_id}
+        """One absolute score per candidate (see :meth:`search`), pending chunks merged in; best first."""
+        mine = {
+            c.chunk_id: c
+            for c in pending
+            if c.session_id == session_id and (spoken_between is None or _spoken_in(_chunk_meta(c), spoken_between))
+        }
         if mine:
             # A pending chunk replaces an older, shorter version of itself in the store.
             chunks = list(mine.values())
-            vectors = self.embedder([c.text for c in chunks])
-            waiting = [
-                (c.chunk_id, float(np.dot(query_vector, v)), c.text, _chunk_meta(c)) for c, v in zip(chunks, vectors)
-            ]
-            dense = sorted([d for d in dense if d[0] not in mine] + waiting, key=lambda d: -d[1])[:pool]
-            pending_index = LexicalIndex()
-            pending_index.upsert({cid: c.text for cid, c in mine.items()})
-            lexical = sorted(
-                [hit for hit in lexical if hit[0] not in mine] + pending_index.search(query, pool), key=lambda h: -h[1]
-            )[:pool]
-            found = found | {cid: (c.text, _chunk_meta(c)) for cid, c in mine.items()}
-        fused: dict[str, float] = {}
-        for rank, (cid, *_rest) in enumerate(dense):
-            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-        for rank, (cid, _) in enumerate(lexical):
-            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-        similarity = {cid: sim for cid, sim, *_rest in dense}
-        lexical_score = dict(lexical)
-        memories = [
-            _memory(
-                cid,
-                found[cid][0],
-                found[cid][1],
-                score=score,
-                similarity=similarity.get(cid),
-                lexical_score=lexical_score.get(cid),
-                pending=cid in mine,
+            vectors = self.embedder([embedding_text(c.speaker, c.text) for c in chunks])
+            waiting = LexicalIndex()
+            waiting.upsert({c.chunk_id: embedding_text(c.speaker, c.text) for c in chunks})
+            waiting_coverage = waiting.coverage(query, list(mine))
+            for chunk, vector in zip(chunks, vectors):
+                found[chunk.chunk_id] = (chunk.text, _chunk_meta(chunk), np.asarray(vector, dtype=np.float32))
+                similarity[chunk.chunk_id] = float(np.dot(query_vector, vector))
+                coverage[chunk.chunk_id] = waiting_coverage.get(chunk.chunk_id, 0.0)
+        weight = self.settings.lexical_weight
+        memories = []
+        for cid, (doc, meta, vector) in found.items():
+            sim, cov = similarity.get(cid), coverage.get(cid, 0.0)
+            score = (1.0 - weight) * max(sim or 0.0, 0.0) + weight * cov
+            memories.append(
+                _memory(
+                    cid,
+                    doc,
+                    meta,
+                    score=score,
+                    similarity=sim,
+                    lexical_score=cov,
+                    pending=cid in mine,
+                    vector=vector,
+                )
             )
-            for cid, score in sorted(fused.items(), key=lambda item: -item[1])
-            if cid in found
-        ]
+        memories.sort(key=lambda m: -m.score)
         if self.settings.reranker:
             memories = self._rerank(query, memories)
         return memories
@@ -407,20 +555,26 @@ class Archive:
         from its files: call :meth:`compact` for that (forgetting does). A
         compaction under way is waited for: its copy would bring the records back.
         """
-        where: dict = {"session_id": session_id}
-        if message_id is not None:
-            where = {"$and": [{"session_id": session_id}, {"message_id": message_id}]}
         # Not during a compaction: its copy would bring back what this deletes.
         with self._compacting, self._lock, self._store("delete"):
+            collection = self.collection_for(session_id, create=False)
+            if collection is None:
+                return 0
+            if chunk_id is None and message_id is None:
+                count = collection.count()
+                self._client().delete_collection(self.collection_name(session_id))
+                self._collections.pop(session_id, None)
+                self._lexical.pop(session_id, None)
+                return count
             if chunk_id is not None:
-                ids = self.collection.get(ids=[chunk_id], where=where, include=[])["ids"]
+                ids = collection.get(ids=[chunk_id], include=[])["ids"]
             else:
-                ids = self.collection.get(where=where, include=[])["ids"]
+                ids = collection.get(where={"message_id": message_id}, include=[])["ids"]
             if ids:
-                self.collection.delete(ids=ids)
+                collection.delete(ids=ids)
             index = self._lexical.get(session_id)
             if index is not None:
-                index.delete(set(ids) if chunk_id is not None or message_id is not None else None)
+                index.delete(set(ids))
             return len(ids)
 
     def compact(self, timeout: float = 3600) -> float:
@@ -456,8 +610,7 @@ class Archive:
                 shutil.rmtree(leftover, ignore_errors=True)
             try:
                 with self._store("compaction"):
-                    self.collection  # noqa: B018 - opens the store if it is not yet
-                    export_collections(self.client, export)
+                    export_collections(self._client(), export)
                 command = [sys.executable, "-m", "streamrag.archive", str(export), str(fresh)]
                 command += [self.settings.tenant, self.settings.database]
                 done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -470,7 +623,7 @@ class Archive:
                     fresh.rename(path)
                     shutil.rmtree(stale)
                     _REWRITES[self.where] = _REWRITES.get(self.where, 0) + 1
-                    self.collection  # noqa: B018 - reopen on the rewritten files
+                    self._client()  # reopen on the rewritten files
             finally:
                 shutil.rmtree(export, ignore_errors=True)
                 shutil.rmtree(fresh, ignore_errors=True)
@@ -527,7 +680,7 @@ class Archive:
         with self._lock:
             if self.client is not None and hasattr(self.client, "close"):
                 self.client.close()
-            self.client, self._collection = None, None
+            self.client, self._collections, self._opened = None, {}, False
 
 
 def _stop_local_system(path: Path) -> None:

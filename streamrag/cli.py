@@ -667,6 +667,102 @@ def bench_recall(
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 
 
+@bench_app.command("memory")
+def bench_memory(
+    dialogues: int = typer.Option(3, help="Long conversations between two named people, each its own session."),
+    sessions: int = typer.Option(24, help="Dated sessions per conversation."),
+    turns_per_session: int = typer.Option(16, help="Turns per session."),
+    answers: bool = typer.Option(True, help="Let the model answer each question from each system's block."),
+    max_new_tokens: int = typer.Option(24, help="Longest answer (greedy decoding)."),
+    sizes: str = typer.Option(
+        "none", help="Chunks in one session for the recall-cost part, e.g. 10k,100k; 'none' skips it."
+    ),
+    others: int = typer.Option(0, help="Chunks in other sessions of the same store during the cost part."),
+    queries: int = typer.Option(50, help="Recalls timed at each size."),
+    seed: int = typer.Option(0, help="Seed of the generated conversations."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    name: str = typer.Option("memory", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    work_dir: Path | None = typer.Option(None, help="Where the temporary archives go (default: under OUT)."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Evidence recall on long dated two-person conversations, per question kind, against three baselines.
+
+    Baselines index every turn: dense (MiniLM), BM25, and LlamaIndex-style memory (dense top-2 queried with the
+    last five messages), at the same token budget. --sizes adds the recall cost at that many chunks per session.
+    """
+    _setup_logging(verbose)
+    from streamrag.bench.recall import parse_sizes
+
+    try:
+        size_list = parse_sizes(sizes)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --sizes: {exc}")
+        raise typer.Exit(2) from None
+    if dialogues < 1 or sessions < 2 or turns_per_session < 8:
+        console.print("[red]error:[/red] need at least 1 dialogue, 2 sessions and 8 turns per session")
+        raise typer.Exit(2)
+    cfg = load_config(config, **{"model.spec": model, "model.device": device, "model.dtype": dtype})
+    from streamrag.bench.memory import SYSTEMS, run_memory
+
+    hf_model, tokenizer, resolved = _load_model(cfg, threads)
+    result = run_memory(
+        hf_model,
+        tokenizer,
+        cfg,
+        out,
+        dialogues=dialogues,
+        sessions=sessions,
+        turns_per_session=turns_per_session,
+        answers=answers,
+        max_new_tokens=max_new_tokens,
+        sizes=size_list,
+        others=others,
+        queries=queries,
+        seed=seed,
+        name=name,
+        model_name=resolved.description,
+        work_dir=work_dir,
+    )
+    from streamrag.bench.dialogues import KINDS
+
+    table = Table(title=f"evidence recall, {result['settings']['questions']} questions")
+    for column in ("system", "overall", "evicted only", *KINDS, "tokens", "accuracy"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+
+    def cell(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    for system in SYSTEMS:
+        entry = result[system]
+        kinds = [cell(entry["by_kind"][kind]["evidence_recall"]) for kind in KINDS]
+        table.add_row(
+            system,
+            cell(entry["evidence_recall"]),
+            cell(entry["evicted_only"]),
+            *kinds,
+            f"{entry['tokens']:.0f}",
+            cell(entry["answer_accuracy"]),
+        )
+    Console().print(table)
+    entry = result["streamrag"]
+    console.print(
+        f"search(k=10) {cell(entry['search_k10'])}; newest value first {cell(entry['newest_first'])}; "
+        f"recall p50 {result['recall_ms']['p50']} ms, p95 {result['recall_ms']['p95']} ms"
+    )
+    for size, cost in result["cost"].items():
+        console.print(
+            f"{int(size):,} chunks (+{cost['chunks_in_other_sessions']:,} elsewhere): recall p50 "
+            f"{cost['recall_ms']['p50']} ms, p95 {cost['recall_ms']['p95']} ms; after a write p95 "
+            f"{cost['after_write_ms']['p95']} ms"
+        )
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -187,6 +187,18 @@ class ArchiveSettings(_Section):
     timeout_s: float = Field(
         default=10.0, gt=0.0, description="Longest a call to a Chroma server may take before it counts as an outage."
     )
+    lexical_weight: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of a memory's score given to BM25 coverage (the share of the query's content words it holds); "
+            "the rest is its cosine similarity. Scores are absolute, so thresholds mean the same for every query."
+        ),
+    )
+    lexical_sessions: int = Field(
+        default=32, gt=0, description="BM25 indexes kept in memory (most recently searched sessions)."
+    )
     index_batch: int = Field(
         default=64, gt=0, description="Evicted-text log rows the background indexer embeds and stores per batch."
     )
@@ -223,13 +235,51 @@ class RecallSettings(_Section):
     budget_fraction: float = Field(
         default=0.15, gt=0.0, le=0.9, description="Share of window_tokens the memory block may use."
     )
-    min_similarity: float = Field(
-        default=0.35, ge=-1.0, le=1.0, description="Dense hits below this cosine similarity are dropped."
+    min_score: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Memories scoring below this are not recalled. The score is absolute: cosine similarity mixed "
+            "with the share of the question's content words the memory holds (archive.lexical_weight)."
+        ),
     )
-    min_lexical_score: float = Field(
-        default=1.0, ge=0.0, description="BM25 hits below this score are dropped (stop words are ignored)."
+    context_messages: int = Field(
+        default=4,
+        ge=0,
+        description=(
+            "Recent messages that join the question in a second query, so 'and what about her sister?' "
+            "finds what the conversation is about; 0 queries with the question alone."
+        ),
     )
-    use_last_reply: bool = Field(default=True, description="Query with the previous reply as well as the new message.")
+    neighbours: bool = Field(
+        default=True,
+        description=(
+            "Give a short recalled line the turn before it (and a recalled question the turn after it), "
+            "so 'Biscuit!' arrives with 'What did you name him?'."
+        ),
+    )
+    neighbour_chars: int = Field(
+        default=280, ge=0, description="Recalled lines shorter than this get their neighbouring turn."
+    )
+    update_similarity: float = Field(
+        default=0.55,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Two recalled memories this similar to each other are taken as two versions of one fact: "
+            "the newer one ranks first and the older one is marked earlier."
+        ),
+    )
+    time_boost: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=1.0,
+        description="Added to the score of memories said in the period a question names ('last week', 'in May').",
+    )
+    timezone: str | None = Field(
+        default=None, description="IANA zone for dates in the memory block and 'yesterday'; None: the machine's."
+    )
     index_wait_s: float = Field(
         default=2.0,
         ge=0.0,
@@ -239,6 +289,18 @@ class RecallSettings(_Section):
         ),
     )
     header: str = Field(default="Earlier in this conversation:", min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin'") from exc
+        return value
 
 
 class StreamRAGConfig(_Section):

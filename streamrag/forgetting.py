@@ -103,7 +103,7 @@ def forget_session(transcript: Transcript, archive: Archive, session_id: str, wa
 
 def memory_for_chunk(archive: Archive, session_id: str, chunk_id: str, pending=()):
     """The stored (or still pending) memory ``chunk_id`` of ``session_id``, or ``KeyError``."""
-    memory = next((m for m in archive.get([chunk_id]) if m.session_id == session_id), None)
+    memory = next(iter(archive.get(session_id, [chunk_id])), None)
     if memory is not None:
         return memory
     waiting = next((c for c in pending if c.chunk_id == chunk_id and c.session_id == session_id), None)

@@ -19,15 +19,23 @@ engine refuses to feed them, so they can never be part of what a session holds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class HistoryMessage:
-    """One message of a conversation, as a client sees it: a role and its text."""
+    """One message of a conversation, as a client sees it: a role and its text.
+
+    ``name`` (who said it, for chats between named people) and ``timestamp``
+    (Unix time it was said) are stored with a new message and shown with
+    its memories; they take no part in matching a client's list against the
+    session, which compares what the model saw: roles and texts.
+    """
 
     role: str
     content: str
+    name: str | None = field(default=None, compare=False)
+    timestamp: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,20 @@ class SyncPlan:
     new: tuple[HistoryMessage, ...]
 
 
-def as_message(message: HistoryMessage | tuple[str, str] | Mapping[str, str]) -> HistoryMessage:
-    """A ``HistoryMessage`` from itself, a ``(role, content)`` pair or a ``{"role", "content"}`` dict."""
+def as_message(message: HistoryMessage | tuple | Mapping[str, str]) -> HistoryMessage:
+    """A ``HistoryMessage`` from itself, a ``(role, content[, timestamp[, name]])`` tuple or a dict.
+
+    A dict has ``role`` and ``content`` and may have ``name`` and ``timestamp``.
+    """
     if isinstance(message, HistoryMessage):
         return message
     if isinstance(message, Mapping):
-        return HistoryMessage(str(message["role"]), message["content"])
-    role, content = message
-    return HistoryMessage(str(role), content)
+        return HistoryMessage(str(message["role"]), message["content"], message.get("name"), message.get("timestamp"))
+    if len(message) == 2:
+        role, content = message
+        return HistoryMessage(str(role), content)
+    role, content, timestamp, *rest = message
+    return HistoryMessage(str(role), content, rest[0] if rest else None, timestamp)
 
 
 def normalise(messages: Iterable[HistoryMessage | tuple[str, str] | Mapping[str, str]]) -> list[HistoryMessage]:

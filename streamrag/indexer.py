@@ -159,10 +159,11 @@ class Indexer:
         for row in rows:
             by_message[row.message_id].append(row)
         chunks: list[Chunk] = []
+        speakers = self.transcript.speakers(list(by_message))
         for message_id, new in by_message.items():
             new_from = min(row.char_start for row in new)
             pieces = self.transcript.evicted_text(message_id, from_char=chunker.first_affected(new_from))
-            chunks += chunker.chunks(pieces, new_from)
+            chunks += chunker.chunks(pieces, new_from, speakers.get(message_id, ""))
         return chunks
 
     def _flushes_since_failure(self) -> bool:

@@ -1,43 +1,88 @@
 """Decide which archived memories come back into the context before a user turn.
 
-The policy, in order:
+What the block should hold is what a careful person would pull from the
+transcript: the turns that answer the question, the turn around one that
+means little alone, the newest version of a fact that changed, and when each
+thing was said. The policy, in order:
 
-1. query the session's archive with the new message; then with the message
-   plus the previous reply (which often holds the referent of "that" or
-   "it"), whose hits only fill what is left;
-2. keep hits the dense retriever finds similar enough *or* BM25 matches on
-   content words (a code or a name the embedder cannot see);
-3. drop hits whose text is still inside the cache window: the model can
-   already attend to it, and repeating it wastes budget;
-4. fit the rest, best first and without repeating a text, into a token
-   budget (a share of the window);
-5. render them as one clearly delimited system message, oldest first, with
-   turn numbers, injected right before the user message and marked
-   not-to-archive so it is never archived a second time.
+1. **Queries.** The question alone, and the question with the last few
+   messages (``context_messages``), whose hits count a little less: "and
+   her sister?" needs the conversation to mean anything. When the question
+   names a period ("last week", "in May", "yesterday"), a third search
+   covers only text said then, and everything said then scores higher
+   (``time_boost``); nothing outside it is dropped.
+2. **Scores** are absolute (cosine similarity mixed with the share of the
+   question's content words a memory holds, see :meth:`Archive.search`),
+   so ``min_score`` means the same for every question.
+3. **Still in the window** (the model can attend to it) is dropped, and so
+   are repeats (the same text, or a near-identical vector).
+4. **Versions of one fact.** Memories this similar to each other
+   (``update_similarity``) are taken as versions of one fact: the newest
+   ranks first and older ones are marked ``(earlier)`` in the block, never
+   silently dropped (the user may ask what it used to be).
+5. **Budget.** Best first, up to ``top_k`` memories within a share of the
+   window; a short line brings the turn before it (and a recalled question
+   the turn after it) from the transcript, when it fits.
+6. **Render** one system message, in conversation order, each line dated
+   and attributed: ``[7 May 2023] Maya: I ran my first half marathon
+   yesterday.`` It is injected right before the user message and marked
+   not-to-archive, so it is never archived a second time.
 
-Text that is logged but not yet indexed (``pending`` chunks) takes part
-through BM25. If the vector store is unavailable, recall degrades to those
-pending chunks alone and says so (``RecallResult.unavailable``): the turn goes on.
+Text that is logged but not yet indexed (``pending`` chunks) is ranked with
+the rest. If the vector store is unavailable, recall degrades to those
+pending chunks and says so (``RecallResult.unavailable``): the turn goes on.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, tzinfo
+
+import numpy as np
 
 from streamrag.archive import Archive, ArchiveUnavailable, Memory
 from streamrag.chunking import Chunk
 from streamrag.config import RecallSettings
+from streamrag.timeparse import TimeRange, find_time_range
+from streamrag.transcript import StoredMessage, speaker_of
 
 logger = logging.getLogger(__name__)
+
+_MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+                "October", "November", "December")  # fmt: skip
+# How much a hit of the question-plus-context query counts against one of the question alone.
+CONTEXT_WEIGHT = 0.85
+# Memories at least this similar to a kept one (and said by the same speaker) are repeats.
+DUPLICATE_SIMILARITY = 0.97
+
+Neighbours = Callable[[str], tuple[list[StoredMessage], list[StoredMessage]]]
+
+
+@dataclass(frozen=True)
+class RecalledLine:
+    """One line of the memory block: a recalled memory, or a turn next to one (``memory`` None)."""
+
+    message_id: str
+    speaker: str
+    said_at: float
+    text: str
+    memory: Memory | None = None
+    earlier: bool = False
+    order: tuple = ()
 
 
 @dataclass(frozen=True)
 class RecallResult:
     """What came back for one turn, and why (kept for apps and users to inspect).
 
-    ``unavailable`` holds the store's error when the archive could not be
-    searched (only not-yet-indexed text was); ``None`` when recall worked.
+    ``memories`` are best first (the newest version of a fact before older
+    ones); ``lines`` are the block's lines in conversation order, neighbour
+    turns included. ``unavailable`` holds the store's error when the
+    archive could not be searched (only not-yet-indexed text was); ``None``
+    when recall worked. ``time_range`` is the period the question named.
     """
 
     query: str
@@ -46,12 +91,40 @@ class RecallResult:
     block_tokens: int
     considered: int
     unavailable: str | None = None
+    lines: tuple[RecalledLine, ...] = ()
+    time_range: TimeRange | None = None
+
+    @property
+    def message_ids(self) -> set[str]:
+        """Every message whose text is in the block (recalled or as a neighbour)."""
+        return {line.message_id for line in self.lines}
 
 
 def _overlaps_window(memory: Memory, resident: dict[str, tuple[int, int]]) -> bool:
     """True when the memory's characters are all still in the cache."""
     span = resident.get(memory.message_id)
     return span is not None and span[0] <= memory.char_start and memory.char_end <= span[1]
+
+
+def format_date(timestamp: float, zone: tzinfo | None) -> str:
+    """``7 May 2023`` (English month names whatever the machine's locale)."""
+    day = datetime.fromtimestamp(timestamp, zone)
+    return f"{day.day} {_MONTH_NAMES[day.month - 1]} {day.year}"
+
+
+def _cosine(a, b) -> float:
+    if a is None or b is None:
+        return 0.0
+    return float(np.dot(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)))
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut after a word, with an ellipsis when cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text[: cut if cut > 0 else limit] + " …"
 
 
 class RecallPolicy:
@@ -62,68 +135,227 @@ class RecallPolicy:
         self.archive = archive
         self.count_tokens = count_tokens
         self.budget_tokens = max(1, int(settings.budget_fraction * window_tokens))
+        self.zone: tzinfo | None = None
+        if settings.timezone:
+            from zoneinfo import ZoneInfo
 
+            self.zone = ZoneInfo(settings.timezone)
+
+    def _local_zone(self) -> tzinfo:
+        return self.zone or datetime.now().astimezone().tzinfo
+
+    # -- searching ------------------------------------------------------
+    def _search(self, session_id, text, k, pending, spoken_between=None) -> tuple[list[Memory], str | None]:
+        try:
+            return self.archive.search(session_id, text, k=k, pending=pending, spoken_between=spoken_between), None
+        except ArchiveUnavailable as exc:
+            found = self.archive.search_pending(session_id, text, k, pending or [])
+            if spoken_between is not None:
+                found = [m for m in found if spoken_between[0] <= m.created_at < spoken_between[1]]
+            return found, str(exc)
+
+    def candidates(
+        self,
+        session_id: str,
+        message: str,
+        recent: Sequence[str] = (),
+        pending: list[Chunk] | None = None,
+        now: float | None = None,
+    ) -> tuple[list[Memory], str, TimeRange | None, str | None]:
+        """Every memory any query found, with its best adjusted score: (memories, query, period, outage)."""
+        settings = self.settings
+        pool = max(settings.top_k * 4, 16)
+        queries = [(message, 1.0)]
+        query = message
+        context = [text for text in recent if text and text.strip()][-settings.context_messages :]
+        if settings.context_messages and context:
+            query = _clip("\n".join(context), 1200) + "\n" + message
+            queries.append((query, CONTEXT_WEIGHT))
+        period = find_time_range(message, time.time() if now is None else now, self._local_zone())
+        best: dict[str, Memory] = {}
+        unavailable = None
+        searches = [(text, weight, None) for text, weight in queries]
+        if period is not None:
+            searches.append((message, 1.0, (period.start, period.end)))
+        for text, weight, between in searches:
+            found, failed = self._search(session_id, text, pool, pending, between)
+            unavailable = unavailable or failed
+            for memory in found:
+                score = memory.score * weight
+                if period is not None and period.start <= memory.created_at < period.end:
+                    score += settings.time_boost
+                if memory.chunk_id not in best or best[memory.chunk_id].score < score:
+                    best[memory.chunk_id] = replace(memory, score=score)
+        ranked = sorted(best.values(), key=lambda m: -m.score)
+        return ranked, query, period, unavailable
+
+    # -- the policy -----------------------------------------------------
     def recall(
         self,
         session_id: str,
         message: str,
-        last_reply: str | None = None,
+        recent: Sequence[str] = (),
         resident: dict[str, tuple[int, int]] | None = None,
         pending: list[Chunk] | None = None,
+        now: float | None = None,
+        neighbours: Neighbours | None = None,
     ) -> RecallResult:
+        """The memory block for ``message``, asked at ``now`` (Unix time; the current time by default).
+
+        ``recent`` are the latest messages' texts (oldest first), ``resident``
+        the character spans of each message still in the cache, ``neighbours``
+        looks up the turns around a message (the transcript's).
+        """
         settings = self.settings
-        query = message
-        if not settings.enabled or settings.top_k == 0:
-            return RecallResult(query, [], "", 0, 0)
-        unavailable = None
-        queries = [(message, settings.top_k * 4)]
-        if settings.use_last_reply and last_reply:
-            # The new message leads; the previous reply (often the referent of "it" or "that")
-            # only adds candidates after the message's own hits.
-            query = f"{message}\n{last_reply}"
-            queries.append((query, settings.top_k * 2))
-        hits: list[Memory] = []
-        seen: set[str] = set()
-        for text, k in queries:
-            try:
-                found = self.archive.search(session_id, text, k=k, pending=pending)
-            except ArchiveUnavailable as exc:
-                unavailable = str(exc)
-                found = self.archive.search_pending(session_id, text, k, pending or [])
-            hits += [h for h in found if h.chunk_id not in seen]
-            seen.update(h.chunk_id for h in found)
+        if not settings.enabled or settings.top_k == 0 or not message.strip():
+            return RecallResult(message, [], "", 0, 0)
+        found, query, period, unavailable = self.candidates(session_id, message, recent, pending, now)
         resident = resident or {}
-        kept: list[Memory] = []
-        texts: set[str] = set()
-        used = 0
-        header_tokens = self.count_tokens(settings.header)
-        for hit in hits:
-            relevant = (hit.similarity is not None and hit.similarity >= settings.min_similarity) or (
-                hit.lexical_score is not None and hit.lexical_score >= settings.min_lexical_score
-            )
-            text = " ".join(hit.text.split())
-            if not relevant or text in texts or _overlaps_window(hit, resident):
-                continue
-            cost = self.count_tokens(self._line(hit)) + 1
-            if header_tokens + used + cost > self.budget_tokens:
-                continue
-            kept.append(hit)
-            texts.add(text)
-            used += cost
-            if len(kept) == settings.top_k:
-                break
-        block = self.render(kept)
+        relevant = [m for m in found if m.score >= settings.min_score and not _overlaps_window(m, resident)]
+        ordered, earlier = self.versions_first(self.without_repeats(relevant))
+        lines = self._fit(ordered, earlier, resident, neighbours)
+        kept = [line.memory for line in sorted(lines, key=lambda line: line.order) if line.memory is not None]
+        block = self.render(lines)
         tokens = self.count_tokens(block) if block else 0
-        logger.debug("recall: %d of %d hits, %d tokens", len(kept), len(hits), tokens)
-        return RecallResult(query, kept, block, tokens, len(hits), unavailable)
+        logger.debug("recall: %d of %d hits, %d lines, %d tokens", len(kept), len(found), len(lines), tokens)
+        return RecallResult(query, kept, block, tokens, len(found), unavailable, tuple(lines), period)
 
     @staticmethod
-    def _line(memory: Memory) -> str:
-        return f"- (turn {memory.turn}, {memory.role}) {memory.text.strip()}"
+    def without_repeats(memories: list[Memory]) -> list[Memory]:
+        """Best first, leaving out a memory whose text (or vector, same speaker) repeats a better one."""
+        kept: list[Memory] = []
+        texts: set[str] = set()
+        for memory in memories:
+            text = " ".join(memory.text.split()).lower()
+            if text in texts:
+                continue
+            if any(
+                m.speaker == memory.speaker and _cosine(m.vector, memory.vector) >= DUPLICATE_SIMILARITY for m in kept
+            ):
+                continue
+            kept.append(memory)
+            texts.add(text)
+        return kept
 
-    def render(self, memories: list[Memory]) -> str:
-        """One block, oldest memory first, each line naming its turn and speaker."""
-        if not memories:
+    def versions_first(self, memories: list[Memory]) -> tuple[list[Memory], set[str]]:
+        """Group memories that state versions of one fact; newest of each group first, groups by best score.
+
+        Returns the memories reordered and the chunk ids of older versions.
+        """
+        count = len(memories)
+        parent = list(range(count))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i in range(count):
+            for j in range(i + 1, count):
+                a, b = memories[i], memories[j]
+                if a.message_id != b.message_id and _cosine(a.vector, b.vector) >= self.settings.update_similarity:
+                    parent[root(j)] = root(i)
+        groups: dict[int, list[Memory]] = {}
+        for i, memory in enumerate(memories):
+            groups.setdefault(root(i), []).append(memory)
+        earlier: set[str] = set()
+        ordered: list[Memory] = []
+        for members in sorted(groups.values(), key=lambda g: -max(m.score for m in g)):
+            members.sort(key=lambda m: (-m.created_at, -m.score))
+            newest = members[0].created_at
+            earlier.update(m.chunk_id for m in members if m.created_at < newest)
+            ordered += members
+        return ordered, earlier
+
+    def _fit(
+        self,
+        memories: list[Memory],
+        earlier: set[str],
+        resident: dict[str, tuple[int, int]],
+        neighbours: Neighbours | None,
+    ) -> list[RecalledLine]:
+        """Lines for the best memories within the token budget, then neighbour turns in what is left.
+
+        Memories come first: a neighbour only adds context to a line that is
+        already in, so it must never push out a memory that answers something.
+        """
+        settings = self.settings
+        used = self.count_tokens(settings.header)
+        lines: list[RecalledLine] = []
+        for rank, memory in enumerate(memories):
+            if len(lines) == settings.top_k:
+                break
+            line = RecalledLine(
+                memory.message_id,
+                memory.speaker,
+                memory.created_at,
+                ("… " if memory.char_start > 0 else "") + " ".join(memory.text.split()),
+                memory,
+                memory.chunk_id in earlier,
+                (rank,),
+            )
+            cost = self._cost(line)
+            if used + cost <= self.budget_tokens:
+                lines.append(line)
+                used += cost
+        if settings.neighbours and neighbours is not None:
+            shown = {line.message_id for line in lines}
+            for line in list(lines):
+                for extra in self._neighbour_lines(line.memory, resident, neighbours, shown):
+                    cost = self._cost(extra)
+                    if used + cost <= self.budget_tokens:
+                        lines.append(extra)
+                        shown.add(extra.message_id)
+                        used += cost
+        return lines
+
+    def _neighbour_lines(
+        self,
+        memory: Memory,
+        resident: dict[str, tuple[int, int]],
+        neighbours: Neighbours | None,
+        in_block: set[str],
+    ) -> list[RecalledLine]:
+        """The turn before a short memory and the turn after one that asks a question, unless already seen."""
+        limit = self.settings.neighbour_chars
+        if neighbours is None or len(memory.text) >= limit:
+            return []
+        try:
+            before, after = neighbours(memory.message_id)
+        except Exception:  # a transcript hiccup costs the context line, not the turn
+            logger.exception("looking up the turns around message %s failed", memory.message_id)
+            return []
+        wanted = before[-1:]
+        if memory.text.rstrip().endswith("?"):
+            wanted += after[:1]
+        lines = []
+        for message in wanted:
+            span = resident.get(message.message_id)
+            if message.message_id in in_block or (span is not None and span[0] == 0):
+                continue  # already in the block, or still in the cache
+            lines.append(
+                RecalledLine(
+                    message.message_id,
+                    speaker_of(message.role, message.meta),
+                    message.created_at,
+                    _clip(message.content, limit),
+                    None,
+                    order=(),
+                )
+            )
+        return lines
+
+    def _cost(self, line: RecalledLine) -> int:
+        return self.count_tokens(self._line(line)) + 1
+
+    def _line(self, line: RecalledLine) -> str:
+        earlier = " (earlier)" if line.earlier else ""
+        return f"[{format_date(line.said_at, self.zone)}] {line.speaker}{earlier}: {line.text}"
+
+    def render(self, lines: Sequence[RecalledLine]) -> str:
+        """One block in conversation order, each line dated and attributed."""
+        if not lines:
             return ""
-        ordered = sorted(memories, key=lambda m: (m.turn, m.created_at, m.char_start))
-        return "\n".join([self.settings.header, *(self._line(m) for m in ordered)])
+        ordered = sorted(lines, key=lambda line: (line.said_at, line.memory.char_start if line.memory else 0))
+        return "\n".join([self.settings.header, *(self._line(line) for line in ordered)])

@@ -51,6 +51,7 @@ MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcr
 SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
 BUSY_GRACE_S = 0.5  # the model counts as in use this long after its last step (the gap between two tokens)
 REFEED_SHARE = 0.75  # a rebuilt cache re-feeds the newest messages that fit in this share of the window
+RECENT_CHARS = 2000  # how far back recall reads the latest messages it adds to its query
 REPLY_WAIT_S = 300.0  # how long a new turn waits for a reply another thread is still reading
 _SHARED: dict[str, Resources] = {}
 _SHARED_LOCK = threading.Lock()
@@ -155,6 +156,17 @@ class Resources:
             self.indexer.close()
         self.archive.close()
         self.transcript.close()
+
+
+MAX_NAME_CHARS = 100
+
+
+def _check_name(name: str | None) -> None:
+    """A speaker name is a short line of text (it is shown in every memory line of its messages)."""
+    if name is None:
+        return
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or "\n" in name:
+        raise MessageError(f"a speaker name must be one line of 1 to {MAX_NAME_CHARS} characters, not {name!r}")
 
 
 def session_config(base: StreamRAGConfig, settings: dict | None) -> StreamRAGConfig:
@@ -349,7 +361,6 @@ class Assistant:
         )
         self.turn = 0  # user messages so far
         self._said: dict[str, tuple[int, float]] = {}  # message id -> (turn, time said), for resident messages
-        self._last_reply_text: str | None = None
         self._started = False
         self._open_reply: Reply | None = None
         self._lock = threading.RLock()  # one step of this session at a time (a turn, a token, a sync)
@@ -532,49 +543,45 @@ class Assistant:
             self.transcript.append(
                 self.session_id, "assistant", text, reply.turn, message_id=reply.message_id, meta=meta
             )
-            self._last_reply_text = text
 
     # -- conversation ---------------------------------------------------
-    def add_message(self, role: str, text: str, timestamp: float | None = None) -> str:
+    def add_message(self, role: str, text: str, timestamp: float | None = None, name: str | None = None) -> str:
         """Append a message without generating (ingesting an existing history). Returns its id.
 
-        ``timestamp`` (Unix time) is when it was said; now by default.
+        ``timestamp`` (Unix time) is when it was said, now by default; ``name``
+        who said it, for conversations between named people. Both come back
+        with the message's memories ("[7 May 2023] Maya: ...").
         """
-        return self.add_messages([(role, text, timestamp)])[0]
+        return self.add_messages([HistoryMessage(role, text, name, timestamp)])[0]
 
     def add_messages(self, messages: Iterable) -> list[str]:
         """Append many messages without generating, in one transcript commit and packed prefills.
 
-        Takes ``(role, text)`` or ``(role, text, timestamp)`` tuples,
-        ``HistoryMessage`` or ``{"role", "content"}`` dicts. All are checked
-        before any is stored. Returns their ids.
+        Takes ``(role, text[, timestamp[, name]])`` tuples, ``HistoryMessage``
+        or ``{"role", "content"[, "name", "timestamp"]}`` dicts. All are
+        checked before any is stored. Returns their ids.
         """
-        items = []
-        for message in messages:
-            if isinstance(message, tuple) and len(message) == 3:
-                role, text, timestamp = message
-                items.append((HistoryMessage(role, text), timestamp))
-            else:
-                items.append((as_message(message), None))
-        for item, _ in items:
+        items = [as_message(message) for message in messages]
+        for item in items:
             self.lm.check_message(item.role, item.content)
+            _check_name(item.name)
         with self._lock:
             self._finish_open_reply()
             self._start()
-            return self._feed([item for item, _ in items], [timestamp for _, timestamp in items])
+            return self._feed(items)
 
-    def _feed(self, messages: list[HistoryMessage], timestamps: list[float | None] | None = None) -> list[str]:
+    def _feed(self, messages: list[HistoryMessage]) -> list[str]:
         """Store, then prefill, checked messages (with the session's lock held); ids in order.
 
         If the prefill fails, the messages that never reached the cache are
         taken back out of the transcript, so a retry does not duplicate them.
         """
-        timestamps = timestamps or [None] * len(messages)
         turn = self.turn
         rows = []
-        for message, timestamp in zip(messages, timestamps):
+        for message in messages:
             turn = turn + 1 if message.role == "user" else turn
-            rows.append(NewMessage(message.role, message.content, turn, created_at=timestamp))
+            meta = {"name": message.name} if message.name else None
+            rows.append(NewMessage(message.role, message.content, turn, meta=meta, created_at=message.timestamp))
         stored = self.transcript.append_many(self.session_id, rows)
         for row in stored:
             self._said[row.message_id] = (row.turn, row.created_at)
@@ -590,34 +597,37 @@ class Assistant:
         users = [m for m in stored if m.role == "user"]
         if users:
             self._title_from(users[0].content)
-        replies = [m for m in stored if m.role == "assistant"]
-        if replies:
-            self._last_reply_text = replies[-1].content
         return [m.message_id for m in stored]
 
-    def stream(self, text: str, **generation) -> Reply:
+    def stream(self, text: str, *, timestamp: float | None = None, name: str | None = None, **generation) -> Reply:
         """Answer a user message: recall, prefill, and a :class:`Reply` to iterate for the answer.
 
         The message is durable in the transcript before anything else
         happens; if recall or the prefill fails, it is taken back (nothing is
-        left behind) and the error is raised here.
+        left behind) and the error is raised here. ``timestamp`` and ``name``
+        are as in :meth:`add_message`.
         """
         self.lm.check_message("user", text)
+        _check_name(name)
         with self._lock:
             self._finish_open_reply()
             self._start()
-            return self._answer(text, generation)
+            return self._answer(HistoryMessage("user", text, name, timestamp), generation)
 
-    def _answer(self, text: str, generation: dict, sync: SyncResult | None = None) -> Reply:
+    def _answer(self, message: HistoryMessage | str, generation: dict, sync: SyncResult | None = None) -> Reply:
+        message = message if isinstance(message, HistoryMessage) else HistoryMessage("user", message)
+        text = message.content
         turn = self.turn + 1
-        stored = self.transcript.append(self.session_id, "user", text, turn)
+        meta = {"name": message.name} if message.name else None
+        stored = self.transcript.append(self.session_id, "user", text, turn, meta=meta, created_at=message.timestamp)
         self._said[stored.message_id] = (turn, stored.created_at)
         block_id = None
         try:
             with self.resources.using_model():
-                recall = self._recall(text)
+                recall = self._recall(text, now=stored.created_at, exclude=stored.message_id)
                 if recall.block:
-                    block = self.transcript.append(self.session_id, MEMORY_ROLE, recall.block, turn)
+                    quoted = {"quotes": sorted(recall.message_ids)}  # what a forget of any of them erases
+                    block = self.transcript.append(self.session_id, MEMORY_ROLE, recall.block, turn, meta=quoted)
                     block_id = block.message_id
                     self.lm.add_message("system", recall.block, message_id=block_id, archive=False)
                 reply = self.lm.stream_chat(text, message_id=stored.message_id, **generation)
@@ -638,15 +648,29 @@ class Assistant:
         self._open_reply = reply
         return reply
 
-    def _recall(self, text: str) -> RecallResult:
-        """Recall for ``text``: wait briefly for the indexer, search the archive and what is still pending."""
+    def _recall(self, text: str, now: float | None = None, exclude: str | None = None) -> RecallResult:
+        """Recall for ``text`` asked at ``now``: wait briefly for the indexer, search the archive and the pending text.
+
+        The latest messages (``exclude`` is the question's own row) join the query as context.
+        """
         settings = self.config.recall
         pending: list[Chunk] = []
+        recent: list[str] = []
         if settings.enabled and settings.top_k:
             self.indexer.flush(self.session_id, timeout=settings.index_wait_s)
             pending = self.indexer.pending_chunks(self.session_id)
+            if settings.context_messages:
+                tail = self.transcript.tail(self.session_id, RECENT_CHARS)
+                recent = [m.content for m in tail if m.role != MEMORY_ROLE and m.message_id != exclude]
+                recent = recent[-settings.context_messages :]
         return self.recall_policy.recall(
-            self.session_id, text, self._last_reply_text, self.lm.ledger.resident_ranges(), pending
+            self.session_id,
+            text,
+            recent,
+            self.lm.ledger.resident_ranges(),
+            pending,
+            now=now,
+            neighbours=self.transcript.neighbours,
         )
 
     def chat(self, text: str, **generation) -> str:
@@ -805,12 +829,10 @@ class Assistant:
         return 0
 
     def _after_rewind(self, messages: list[StoredMessage] | None = None) -> None:
-        """Turn number and last reply as the active transcript (or ``messages`` read from it) now says."""
+        """Turn number as the active transcript (or ``messages`` read from it) now says."""
         if messages is None:
             messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
         self.turn = max((m.turn for m in messages), default=0)
-        replies = [m for m in messages if m.role == "assistant"]
-        self._last_reply_text = replies[-1].content if replies else None
         self._started = bool(messages)
 
     def stream_messages(self, messages, **generation) -> Reply:
@@ -830,14 +852,17 @@ class Assistant:
             if incoming[-1].role == "user":
                 sync = self._sync(incoming[:-1])
                 self._start()
-                return self._answer(incoming[-1].content, generation, sync)
+                return self._answer(incoming[-1], generation, sync)
             sync = self._sync(incoming)
             return self._answer_without_message(generation, sync)
 
-    def recall(self, text: str) -> RecallResult:
-        """What this session would recall for ``text`` right now; nothing is injected or stored."""
+    def recall(self, text: str, now: float | None = None) -> RecallResult:
+        """What this session would recall for ``text`` asked at ``now`` (Unix time; default now).
+
+        Nothing is injected or stored.
+        """
         with self._lock:
-            return self._recall(text)
+            return self._recall(text, now=now)
 
     # -- inspection and forgetting --------------------------------------
     def stats(self) -> AssistantStats:
@@ -913,6 +938,5 @@ class Assistant:
             with self.resources.using_model():
                 self.lm.reset()
             self._said.clear()
-            self._last_reply_text = None
             self.turn = 0
             return replace(forgotten, cache_rebuilt=True)

@@ -525,6 +525,45 @@ class Transcript:
         with self._read() as conn:
             return self._message_row(conn, message_id)
 
+    def speakers(self, message_ids: list[str]) -> dict[str, str]:
+        """Message id -> who said it: the ``name`` in its meta (a chat participant), else its role."""
+        found: dict[str, str] = {}
+        with self._read() as conn:
+            for start in range(0, len(message_ids), 500):
+                batch = message_ids[start : start + 500]
+                marks = ", ".join("?" * len(batch))
+                for row in conn.execute(
+                    f"SELECT message_id, role, meta FROM messages WHERE message_id IN ({marks})", batch
+                ):
+                    found[row["message_id"]] = speaker_of(row["role"], _load_meta(row["meta"]))
+        return found
+
+    def neighbours(
+        self, message_id: str, before: int = 1, after: int = 1
+    ) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        """The conversation's messages just before and just after one message (memory blocks skipped).
+
+        Used to give a recalled line its context ("Biscuit!" means little
+        without "What did you name him?"). A superseded message's neighbours
+        are those of its own branch: superseded with it or before the fork.
+        """
+        with self._read() as conn:
+            centre = self._message_row(conn, message_id)
+            if centre is None:
+                return [], []
+            branch = "" if centre.superseded_at is not None else " AND superseded_at IS NULL"
+            earlier = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq < ? AND role != 'memory'"
+                f"{branch} ORDER BY seq DESC LIMIT ?",
+                (centre.session_id, centre.seq, int(before)),
+            ).fetchall()
+            later = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND role != 'memory'"
+                f"{branch} ORDER BY seq LIMIT ?",
+                (centre.session_id, centre.seq, int(after)),
+            ).fetchall()
+        return [_message_from_row(r) for r in reversed(earlier)], [_message_from_row(r) for r in later]
+
     def delete_message(self, message_id: str) -> bool:
         """Delete one message (e.g. a user message that never reached the model). False if it was not there."""
         now = time.time()
@@ -582,7 +621,8 @@ class Transcript:
         With ``keep_record`` the message row stays (marked forgotten and
         superseded: never fed to the model or archived again); everything
         derived from it still goes. A memory block (a recalled ``memory``
-        row) is erased when one of its lines quotes the message. The session
+        row) is erased when it quotes the message: its meta lists the
+        messages it quotes; blocks stored before that are read line by line. The session
         title is re-derived if the message gave it. Rows are overwritten
         (``secure_delete``) and the WAL is truncated, so no file holds the
         text afterwards. Returns what was removed: log rows and messages as
@@ -600,10 +640,10 @@ class Transcript:
             blocks = [
                 r["message_id"]
                 for r in conn.execute(
-                    "SELECT message_id, content FROM messages WHERE session_id = ? AND role = 'memory'",
+                    "SELECT message_id, content, meta FROM messages WHERE session_id = ? AND role = 'memory'",
                     (message.session_id,),
                 )
-                if quotes(r["content"], message.content)
+                if message_id in _load_meta(r["meta"]).get("quotes", ()) or quotes(r["content"], message.content)
             ]
             for block in blocks:
                 conn.execute("DELETE FROM messages WHERE message_id = ?", (block,))
@@ -766,10 +806,21 @@ def title_of(text: str) -> str:
 
 
 def quotes(block: str, content: str) -> bool:
-    """Does a memory block quote ``content``? Its lines read ``- (turn N, role) <verbatim chunk text>``."""
+    """Does a memory block quote ``content``? (For blocks whose meta does not list what they quote.)
+
+    Lines read ``[7 May 2023] Maya: <text>`` (or, before dates, ``- (turn
+    N, role) <text>``); the text may be clipped with an ellipsis and has its
+    whitespace collapsed.
+    """
+    flat = " ".join(content.split())
     for line in block.splitlines():
-        _, marker, quoted = line.partition(") ")
-        if marker and quoted.strip() and quoted.strip() in content:
+        if line.startswith("["):
+            _, marker, quoted = line.partition("]")
+            quoted = quoted.partition(": ")[2]
+        else:
+            _, marker, quoted = line.partition(") ")
+        quoted = quoted.strip().removeprefix("…").removesuffix("…").strip()
+        if marker and quoted and " ".join(quoted.split()) in flat:
             return True
     return False
 
@@ -838,3 +889,9 @@ def _session_from_row(row: sqlite3.Row) -> SessionInfo:
         message_count=row["message_count"],
         meta=_load_meta(row["meta"]),
     )
+
+
+def speaker_of(role: str, meta: dict[str, Any]) -> str:
+    """Who said a message: the participant ``name`` in its meta when there is one, else its role."""
+    name = meta.get("name")
+    return name.strip() if isinstance(name, str) and name.strip() else role

@@ -90,16 +90,17 @@ def test_forget_one_memory_or_a_whole_session(archive):
 
 def test_a_failed_write_raises_and_a_retry_writes_the_same_chunks(archive, monkeypatch):
     spans = [span("s1", "m", "The boat leaves from pier 9 at dawn.")]
-    original = archive.collection.upsert
+    collection = archive.collection_for("s1")
+    original = collection.upsert
 
     def down(*args, **kwargs):
         raise ConnectionError("connection refused")
 
-    monkeypatch.setattr(archive.collection, "upsert", down)
+    monkeypatch.setattr(collection, "upsert", down)
     with pytest.raises(ArchiveUnavailable, match="connection refused"):
         archive.upsert(spans)
     assert archive.count("s1") == 0
-    monkeypatch.setattr(archive.collection, "upsert", original)
+    monkeypatch.setattr(collection, "upsert", original)
     assert archive.upsert(spans) == 1
     assert archive.search("s1", "pier 9", k=1)[0].text == spans[0].text
 
@@ -125,8 +126,9 @@ def test_reads_turn_any_store_failure_into_archive_unavailable(archive, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("httpx.ConnectError: [Errno 111] Connection refused")
 
-    monkeypatch.setattr(archive.collection, "query", broken)
-    monkeypatch.setattr(archive.collection, "get", broken)
+    monkeypatch.setattr(archive.collection_for("s1"), "query", broken)
+    monkeypatch.setattr(archive.collection_for("s1"), "get", broken)
+    monkeypatch.setattr(archive.collection_for("s1"), "count", broken)
     for call in (lambda: archive.search("s1", "weather"), lambda: archive.count("s1"), lambda: archive.list("s1")):
         with pytest.raises(ArchiveUnavailable, match="Connection refused"):
             call()
@@ -148,7 +150,7 @@ def test_a_collection_reopens_with_its_own_embedder(tmp_path):
     import chromadb
 
     client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
-    collection = client.get_collection("streamrag_memories")  # no embedding function passed
+    collection = client.get_collection(first.collection_name("s1"))  # no embedding function passed
     result = collection.query(query_texts=["When is grandma's birthday?"], n_results=1)
     assert "14th of March" in result["documents"][0][0]
 
@@ -180,3 +182,98 @@ def test_the_reranker_hook_orders_hits_by_the_cross_encoders_scores(tmp_path):
     hits = archive.search("s1", query, k=5)
     expected = CrossEncoder(str(folder)).predict([(query, h.text) for h in hits])
     assert [h.score for h in hits] == pytest.approx(sorted(map(float, expected), reverse=True), abs=1e-5)
+
+
+def test_a_search_reads_only_its_own_sessions_collection(archive, monkeypatch):
+    # Cost must follow the session, not the archive: count what one search touches.
+    big = [span("big", f"m{i}", f"Note {i}: the weather, the garden and the train were fine.") for i in range(300)]
+    archive.upsert(big)
+    fill(archive, "small", {"fact": "My sister Lena moved to Porto last spring."})
+    touched: list[tuple[str, int]] = []
+    for session in ("big", "small"):
+        collection = archive.collection_for(session)
+        original = collection.query
+
+        def spy(*args, _original=original, _session=session, **kwargs):
+            touched.append((_session, kwargs["n_results"]))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(collection, "query", spy)
+    archive._lexical.clear()
+    hits = archive.search("small", "Where does my sister live?", k=3)
+    assert hits[0].message_id == "fact"
+    assert touched and all(session == "small" for session, _ in touched)
+    assert all(n <= len(FILLER) + 1 for _, n in touched)
+    assert list(archive._lexical) == ["small"] and len(archive._lexical["small"]) == len(FILLER) + 1
+    assert archive.collection_name("big") != archive.collection_name("small")
+    assert sorted(archive.session_ids()) == ["big", "small"]
+    assert archive.count() == 300 + len(FILLER) + 1
+
+
+def test_scores_are_absolute_so_one_threshold_serves_every_query(archive):
+    fill(archive, "s1", {"fact": "My gym locker code is 4471."})
+    right = archive.search("s1", "What is my gym locker code?", k=1)[0]
+    unrelated = archive.search("s1", "Which volcano erupted in 1815?", k=1)[0]
+    assert right.message_id == "fact" and 0.0 <= unrelated.score < right.score <= 1.0
+    assert right.score > 0.5 and unrelated.score < 0.3  # RRF gave both 1/61
+
+
+def test_speakers_are_searchable_and_the_stored_text_stays_verbatim(archive):
+    said = Chunk(
+        chunk_id("s1", "m1", 0), "I ran my first half marathon.", "s1", "m1", "user", 1, 0, 29, True, 1.0, "Maya"
+    )
+    other = Chunk(chunk_id("s1", "m2", 0), "I ran to the shop.", "s1", "m2", "assistant", 1, 0, 18, True, 2.0, "Tom")
+    archive.upsert([said, other])
+    hit = archive.search("s1", "What did Maya run?", k=1)[0]
+    assert hit.message_id == "m1" and hit.speaker == "Maya" and hit.text == "I ran my first half marathon."
+
+
+def test_an_archive_with_one_shared_collection_is_split_per_session_on_open(archive_settings, tmp_path):
+    if archive_settings.chroma_url is not None:
+        pytest.skip("the split is exercised on the embedded store; the code path is the same for a server")
+    import chromadb
+    from chromadb.config import Settings
+
+    from streamrag.embedding import StreamragEmbedding
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"), settings=Settings(anonymized_telemetry=False))
+    shared = client.get_or_create_collection(
+        archive_settings.collection,
+        embedding_function=StreamragEmbedding(),
+        configuration={"hnsw": {"space": "cosine"}},
+    )
+    rows = [("s1", "m1", "The boat leaves from pier 9."), ("s2", "m2", "Pepper is the cat's name.")]
+    shared.add(
+        ids=[chunk_id(s, m, 0) for s, m, _ in rows],
+        documents=[text for *_, text in rows],
+        metadatas=[
+            {
+                "session_id": s,
+                "message_id": m,
+                "role": "user",
+                "turn": 1,
+                "char_start": 0,
+                "char_end": len(t),
+                "complete": True,
+                "created_at": 1.0,
+            }
+            for s, m, t in rows
+        ],  # fmt: skip
+    )
+    del client
+    archive = Archive(archive_settings, tmp_path)
+    assert archive.count("s1") == 1 and archive.count("s2") == 1
+    assert archive.search("s1", "pier 9", k=1)[0].text == "The boat leaves from pier 9."
+    assert archive.search("s1", "cat's name", k=5)[0].message_id == "m1"  # s2's text is not s1's
+    assert archive_settings.collection not in {c.name for c in archive._client().list_collections()}
+
+
+def test_text_said_in_a_period_can_be_searched_alone(archive):
+    early = span("s1", "early", "We planted the tomatoes in the garden.", turn=1)
+    late = Chunk(
+        chunk_id("s1", "late", 0), "We planted roses in the garden.", "s1", "late", "user", 2, 0, 31, True, 5000.0
+    )
+    archive.upsert([early, late])
+    assert {m.message_id for m in archive.search("s1", "what did we plant", k=5)} == {"early", "late"}
+    only = archive.search("s1", "what did we plant", k=5, spoken_between=(4000.0, 6000.0))
+    assert [m.message_id for m in only] == ["late"]

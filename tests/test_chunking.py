@@ -24,10 +24,37 @@ def final_chunks(chunker: Chunker, pieces: list[EvictedText]) -> dict[str, str]:
     return stored
 
 
+def reference_snap(text: str, position: int, floor: int, look_back: int) -> int:
+    """Brute force of the edge rule over the whole text: back to a sentence start, else a word start."""
+    if position <= 0 or position >= len(text) or text[position - 1].isspace() or text[position].isspace():
+        return position
+    lowest = max(floor + 1, position - look_back, 0)
+    for q in range(position - 1, lowest, -1):  # latest sentence start: ".!?" or a newline, closers, spaces
+        if not text[q - 1].isspace() or text[q].isspace():
+            continue
+        j = q - 1
+        while j >= lowest and text[j].isspace():  # text[j:q] are spaces; what ends just before them?
+            i = j - 1
+            while i >= lowest and text[i] in "\"')]":
+                i -= 1
+            if i >= lowest and text[i] in ".!?\n":
+                return q
+            j -= 1
+    for q in range(position - 1, lowest, -1):
+        if text[q - 1] in " \n\t":
+            return q
+    return position
+
+
 def reference_grid(text: str, size: int, overlap: int) -> dict[str, str]:
-    """Brute force: every grid window that starts inside the text."""
-    step = size - overlap
-    return {chunk_id("s1", "m1", k): text[k : k + size] for k in range(0, len(text), step)}
+    """Brute force: every grid window that starts inside the text, its edges moved back to word starts."""
+    step, look_back = size - overlap, size // 4
+    chunks = {}
+    for k in range(0, len(text), step):
+        lo = reference_snap(text, k, k - step, look_back)
+        hi = min(reference_snap(text, k + size, k, look_back), len(text))
+        chunks[chunk_id("s1", "m1", k)] = text[lo:hi]
+    return chunks
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -93,3 +120,36 @@ def test_messages_never_share_a_chunk():
     chunks = chunker.chunks(pieces_for("a" * 50, []), 0) + chunker.chunks(pieces_for("b" * 50, [], "m2"), 0)
     assert {c.message_id for c in chunks} == {"m1", "m2"}
     assert all(set(c.text) == ({"a"} if c.message_id == "m1" else {"b"}) for c in chunks)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_chunks_begin_and_end_at_word_boundaries(seed):
+    # The grid once cut "enormous" into "enor" / "mous" and both halves reached the prompt.
+    rng = random.Random(seed)
+    words = ["enormous", "locker", "the", "a", "marathon", "Biscuit", "reference", "QX7-2291", "and", "yesterday"]
+    text = " ".join(rng.choice(words) + rng.choice(["", "", ".", ",", "!"]) for _ in range(rng.randint(60, 400)))
+    chunker = Chunker(120, 30)
+    cuts = rng.sample(range(1, len(text)), k=25)
+    chunks = chunker.chunks(pieces_for(text, cuts), new_from=0)
+    assert len(chunks) > 2
+
+    def between_words(p: int) -> bool:
+        return p in (0, len(text)) or text[p - 1] == " " or text[p] == " "
+
+    for chunk in chunks:
+        assert between_words(chunk.char_start) and between_words(chunk.char_end), chunk
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+    # Together the chunks still cover every character.
+    covered = set()
+    for chunk in chunks:
+        covered.update(range(chunk.char_start, chunk.char_end))
+    assert covered == set(range(len(text)))
+
+
+def test_a_run_without_spaces_is_cut_hard_and_a_sentence_start_is_preferred():
+    chunker = Chunker(100, 0)
+    blob = "x" * 250
+    assert [c.text for c in chunker.chunks(pieces_for(blob, []), 0)] == [blob[:100], blob[100:200], blob[200:]]
+    text = "First part of it. " + "word " * 11 + "word. Second sentencelongwordxx goes on and on"
+    first = chunker.chunks(pieces_for(text, []), 0)[0]  # the cell ends inside the long word, at 100
+    assert first.text.endswith("word. ") and text[first.char_end :].startswith("Second")

@@ -102,19 +102,16 @@ def test_an_early_fact_is_evicted_archived_and_recalled_when_asked(resources):
     assert cached.rindex("Margarethe moved to Trondheim") < cached.rindex("Where did my sister move to?")
 
 
-def test_a_numeric_code_comes_back_through_bm25_alone(resources):
-    # Dense hits must be near-identical to count: only the lexical retriever can bring the code back.
-    strict = resources.config.recall.model_copy(update={"min_similarity": 0.99})
-    config = resources.config.model_copy(update={"recall": strict})
-    assistant = Assistant(with_config(resources, config))
+def test_a_numeric_code_comes_back_through_bm25(resources):
+    # The embedder sees "4471-9082-XK" as noise; the lexical side holds every part of the code.
+    assistant = Assistant(resources)
     assistant.add_message("user", "Please note the parcel tracking code 4471-9082-XK for later.")
     assistant.add_message("assistant", "Noted.")
     run_on(assistant, windows=5)
     reply = assistant.stream("Status of 4471-9082-XK?").result()
     hits = [m for m in reply.memories if "4471-9082-XK" in m.text]
-    assert hits, reply.recall
-    assert hits[0].lexical_score >= config.recall.min_lexical_score
-    assert hits[0].similarity is None or hits[0].similarity < 0.99
+    assert hits and reply.memories[0] == hits[0], reply.recall
+    assert hits[0].lexical_score == pytest.approx(0.75, abs=0.2)  # 4471, 9082, xk of 4471, 9082, xk, status
 
 
 def test_recalled_memories_are_never_archived_twice(resources):
@@ -187,9 +184,10 @@ def test_an_archive_outage_degrades_recall_and_loses_nothing(resources, monkeypa
     def down(*args, **kwargs):
         raise ConnectionError("connection refused")
 
-    collection = resources.archive.collection
-    for method in ("upsert", "query", "get"):
-        monkeypatch.setattr(collection, method, down)
+    from chromadb.api.models.Collection import Collection
+
+    for method in ("upsert", "query", "get", "count"):  # every session's collection
+        monkeypatch.setattr(Collection, method, down)
     run_on(assistant, windows=3)  # evictions keep happening: they go to the log
     assert assistant.stats().pending_evictions > 0
     reply = assistant.stream("What is my gym locker code?").result()

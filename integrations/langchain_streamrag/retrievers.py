@@ -65,6 +65,7 @@ def to_document(memory: Memory) -> Document:
             "session_id": memory.session_id,
             "message_id": memory.message_id,
             "role": memory.role,
+            "speaker": memory.speaker,
             "turn": memory.turn,
             "char_start": memory.char_start,
             "char_end": memory.char_end,

@@ -1,7 +1,7 @@
 """The streamrag archive as a LlamaIndex vector store: ``from llama_index.vector_stores.streamrag import ...``.
 
-It is the archive's own Chroma collection seen through LlamaIndex's
-``ChromaVectorStore``, scoped to one session, so
+It is one session's Chroma collection in the archive, seen through
+LlamaIndex's ``ChromaVectorStore``, so
 ``VectorStoreIndex.from_vector_store(store, embed_model=StreamRAGEmbedding.from_archive(archive))``
 builds a query engine over a chat history. It is read-only: the archive is
 written by the session's evictions, never by an index.
@@ -25,16 +25,18 @@ __all__ = ["StreamRAGVectorStore"]
 
 
 class StreamRAGVectorStore(ChromaVectorStore):
-    """One session's archived chunks (or every session's, with ``session_id=None``), read through Chroma."""
+    """One session's archived chunks, read through Chroma (each session has its own collection)."""
 
     session_id: str | None = None
 
-    def __init__(self, archive, session_id: str | None = None, **kwargs: Any):
-        super().__init__(chroma_collection=archive.collection, **kwargs)
+    def __init__(self, archive, session_id: str, **kwargs: Any):
+        if not session_id:
+            raise ValueError("StreamRAGVectorStore needs a session_id: each session's memories are a collection")
+        super().__init__(chroma_collection=archive.collection_for(session_id), **kwargs)
         self.session_id = session_id
 
     @classmethod
-    def from_archive(cls, archive, session_id: str | None = None, **kwargs: Any) -> StreamRAGVectorStore:
+    def from_archive(cls, archive, session_id: str, **kwargs: Any) -> StreamRAGVectorStore:
         return cls(archive, session_id=session_id, **kwargs)
 
     @classmethod

@@ -81,9 +81,14 @@ class Memory:
     vector: Any = field(default=None, repr=False, compare=False)
 
 
-def embedding_text(speaker: str, text: str) -> str:
-    """What is embedded and BM25-indexed for a chunk: its text, said by its speaker."""
-    return f"{speaker}: {text}" if speaker else text
+def embedding_text(speaker: str, text: str, context: str = "") -> str:
+    """What is embedded for a chunk: its text, said by its speaker, after the turn before it if given.
+
+    BM25 indexes the same without the context: a word of the turn before
+    must not make this one match on its own.
+    """
+    said = f"{speaker}: {text}" if speaker else text
+    return f"{context}\n{said}" if context else said
 
 
 def _spoken_in(meta: dict, between: tuple[float, float]) -> bool:
@@ -349,7 +354,7 @@ class Archive:
     def _upsert(self, session_id: str, chunks: list[Chunk]) -> None:
         self.collection_for(session_id).upsert(
             ids=[c.chunk_id for c in chunks],
-            embeddings=np.stack(self.embedder([embedding_text(c.speaker, c.text) for c in chunks])),
+            embeddings=np.stack(self.embedder([embedding_text(c.speaker, c.text, c.context) for c in chunks])),
             documents=[c.text for c in chunks],
             metadatas=[_chunk_meta(c) for c in chunks],
         )
@@ -504,7 +509,7 @@ class Archive:
         if mine:
             # A pending chunk replaces an older, shorter version of itself in the store.
             chunks = list(mine.values())
-            vectors = self.embedder([embedding_text(c.speaker, c.text) for c in chunks])
+            vectors = self.embedder([embedding_text(c.speaker, c.text, c.context) for c in chunks])
             waiting = LexicalIndex()
             waiting.upsert({c.chunk_id: embedding_text(c.speaker, c.text) for c in chunks})
             waiting_coverage = waiting.coverage(query, list(mine))

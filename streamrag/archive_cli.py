@@ -131,7 +131,10 @@ def forget(
             return
         if chunk is not None:
             message = forgetting.memory_for_chunk(archive, session, chunk).message_id
-        done = forgetting.forget_message(transcript, archive, session, message, keep_record=keep_record)
+        from streamrag.indexer import Indexer  # its thread starts only on notify(); reindex runs here
+
+        reindex = Indexer(transcript, archive).reindex
+        done = forgetting.forget_message(transcript, archive, session, message, keep_record, True, reindex)
     except KeyError as exc:
         errors.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(1) from None

@@ -49,6 +49,7 @@ class Chunk:
     complete: bool
     spoken_at: float = 0.0
     speaker: str = ""
+    context: str = ""  # the turn before, for the embedding only (see Archive); never stored or shown
 
 
 def chunk_id(session_id: str, message_id: str, grid_start: int) -> str:

@@ -188,12 +188,20 @@ class ArchiveSettings(_Section):
         default=10.0, gt=0.0, description="Longest a call to a Chroma server may take before it counts as an outage."
     )
     lexical_weight: float = Field(
-        default=0.3,
+        default=0.35,
         ge=0.0,
         le=1.0,
         description=(
             "Share of a memory's score given to BM25 coverage (the share of the query's content words it holds); "
             "the rest is its cosine similarity. Scores are absolute, so thresholds mean the same for every query."
+        ),
+    )
+    context_chars: int = Field(
+        default=280,
+        ge=0,
+        description=(
+            "Messages shorter than this that answer a question are embedded together with it, so a reply like "
+            "'I did! Watercolour, on Tuesdays.' is found by a question about the evening class it answers; 0: never."
         ),
     )
     lexical_sessions: int = Field(
@@ -231,12 +239,14 @@ class RecallSettings(_Section):
     """Which archived memories come back into the context, and how many."""
 
     enabled: bool = True
-    top_k: int = Field(default=4, ge=0, description="Most memories injected per turn.")
+    top_k: int = Field(
+        default=10, ge=0, description="Most memories injected per turn (the token budget usually binds first)."
+    )
     budget_fraction: float = Field(
         default=0.15, gt=0.0, le=0.9, description="Share of window_tokens the memory block may use."
     )
     min_score: float = Field(
-        default=0.3,
+        default=0.2,
         ge=0.0,
         le=1.0,
         description=(
@@ -252,6 +262,18 @@ class RecallSettings(_Section):
             "finds what the conversation is about; 0 queries with the question alone."
         ),
     )
+    context_weight: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="How much a hit of the question-plus-context query counts against a hit of the question alone.",
+    )
+    speaker_boost: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Added to the score of memories said by someone the question names ('What did Maya ...').",
+    )
     neighbours: bool = Field(
         default=True,
         description=(
@@ -263,12 +285,13 @@ class RecallSettings(_Section):
         default=280, ge=0, description="Recalled lines shorter than this get their neighbouring turn."
     )
     update_similarity: float = Field(
-        default=0.55,
+        default=0.6,
         ge=0.0,
         le=1.0,
         description=(
-            "Two recalled memories this similar to each other are taken as two versions of one fact: "
-            "the newer one ranks first and the older one is marked earlier."
+            "Two statements of one speaker this similar, holding the same words of the question, are taken as "
+            "versions of one fact (a bit less similar when the newer one says something changed): the newer one "
+            "ranks first and the older one is marked earlier."
         ),
     )
     time_boost: float = Field(

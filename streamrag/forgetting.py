@@ -23,9 +23,10 @@ These functions need no model, so ``streamrag archive forget`` runs without one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamrag.archive import Archive
+from streamrag.archive import Archive, ArchiveUnavailable
 from streamrag.transcript import Transcript
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def forget_message(
     message_id: str,
     keep_record: bool = False,
     wait: bool = True,
+    reindex: Callable[[str], object] | None = None,
 ) -> Forgotten:
     """Erase one message of ``session_id`` from the archive and the transcript database (see the module doc).
 
@@ -76,12 +78,21 @@ def forget_message(
     :class:`~streamrag.archive.ArchiveUnavailable` and nothing was changed.
     Searches stop returning the text at once; with ``wait=False`` the
     archive's files are rewritten in the background (seconds per 10k chunks).
+    ``reindex`` re-embeds a message's stored chunks (the indexer's): the
+    message after the forgotten one was embedded with it as context.
     """
     stored = transcript.get(message_id)
     if stored is None or stored.session_id != session_id:
         raise KeyError(f"no message {message_id!r} in session {session_id}")
+    _, after = transcript.neighbours(message_id, before=0, after=1)
     chunks = archive.forget(session_id, message_id=message_id)
     counts = transcript.forget_message(message_id, keep_record=keep_record)
+    if after and reindex is not None:
+        # The next message was embedded with this one as its context: embed it again without it.
+        try:
+            reindex(after[0].message_id)
+        except ArchiveUnavailable:
+            logger.warning("could not re-embed message %s without the forgotten one before it", after[0].message_id)
     seconds, ticket = _compact(archive, wait)
     logger.info("forgot message %s of session %s: %d chunks, %s", message_id, session_id, chunks, counts)
     blocks = tuple(counts["memory_blocks"])

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from streamrag.archive import Archive, ArchiveUnavailable
 from streamrag.chunking import Chunk
@@ -160,11 +161,24 @@ class Indexer:
             by_message[row.message_id].append(row)
         chunks: list[Chunk] = []
         speakers = self.transcript.speakers(list(by_message))
+        contexts = self.transcript.contexts(list(by_message), self.archive.settings.context_chars, questions_only=True)
         for message_id, new in by_message.items():
             new_from = min(row.char_start for row in new)
             pieces = self.transcript.evicted_text(message_id, from_char=chunker.first_affected(new_from))
-            chunks += chunker.chunks(pieces, new_from, speakers.get(message_id, ""))
+            cut = chunker.chunks(pieces, new_from, speakers.get(message_id, ""))
+            context = contexts.get(message_id, "")
+            chunks += [replace(c, context=context) if c.char_start == 0 and context else c for c in cut]
         return chunks
+
+    def reindex(self, message_id: str) -> int:
+        """Embed and store a message's archived chunks again (its turn-before context changed); returns how many.
+
+        Raises :class:`~streamrag.archive.ArchiveUnavailable` if the store refuses.
+        """
+        pieces = self.transcript.evicted_text(message_id)
+        if not pieces:
+            return 0
+        return self.archive.upsert(self.chunks_for(pieces))
 
     def _flushes_since_failure(self) -> bool:
         """A flush asked after the last failure: it deserves one fresh try (called with the lock held)."""

@@ -51,7 +51,6 @@ MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcr
 SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
 BUSY_GRACE_S = 0.5  # the model counts as in use this long after its last step (the gap between two tokens)
 REFEED_SHARE = 0.75  # a rebuilt cache re-feeds the newest messages that fit in this share of the window
-RECENT_CHARS = 2000  # how far back recall reads the latest messages it adds to its query
 REPLY_WAIT_S = 300.0  # how long a new turn waits for a reply another thread is still reading
 _SHARED: dict[str, Resources] = {}
 _SHARED_LOCK = threading.Lock()
@@ -655,22 +654,29 @@ class Assistant:
         """
         settings = self.config.recall
         pending: list[Chunk] = []
-        recent: list[str] = []
+        window: list[StoredMessage] = []
+        resident = self.lm.ledger.resident_ranges()
         if settings.enabled and settings.top_k:
             self.indexer.flush(self.session_id, timeout=settings.index_wait_s)
             pending = self.indexer.pending_chunks(self.session_id)
-            if settings.context_messages:
-                tail = self.transcript.tail(self.session_id, RECENT_CHARS)
-                recent = [m.content for m in tail if m.role != MEMORY_ROLE and m.message_id != exclude]
-                recent = recent[-settings.context_messages :]
+            # The messages wholly in the cache (a window holds about 4 characters a token).
+            tail = self.transcript.tail(self.session_id, 4 * self.config.cache.window_tokens)
+            window = [
+                m
+                for m in tail
+                if m.role != MEMORY_ROLE and m.message_id != exclude and resident.get(m.message_id, (1, 0))[0] == 0
+            ]
+        recent = [m.content for m in window[-settings.context_messages :]] if settings.context_messages else []
         return self.recall_policy.recall(
             self.session_id,
             text,
             recent,
-            self.lm.ledger.resident_ranges(),
+            resident,
             pending,
             now=now,
             neighbours=self.transcript.neighbours,
+            window=window,
+            speakers=self.transcript.speaker_names(self.session_id),
         )
 
     def chat(self, text: str, **generation) -> str:
@@ -911,7 +917,7 @@ class Assistant:
             self._finish_open_reply()
             with self.indexer.paused():
                 forgotten = forgetting.forget_message(
-                    self.transcript, self.archive, self.session_id, message_id, keep_record, wait
+                    self.transcript, self.archive, self.session_id, message_id, keep_record, wait, self.indexer.reindex
                 )
             # The cache still holds what the transcript just lost: the message, or a memory block quoting it.
             resident = any(m in self.lm.ledger for m in (message_id, *forgotten.memory_block_ids))

@@ -538,6 +538,49 @@ class Transcript:
                     found[row["message_id"]] = speaker_of(row["role"], _load_meta(row["meta"]))
         return found
 
+    def speaker_names(self, session_id: str) -> set[str]:
+        """Names of the session's participants (the ``name`` of its messages)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT json_extract(meta, '$.name') AS name FROM messages "
+                "WHERE session_id = ? AND json_extract(meta, '$.name') IS NOT NULL",
+                (session_id,),
+            ).fetchall()
+        return {str(r["name"]).strip() for r in rows if str(r["name"]).strip()}
+
+    def contexts(
+        self, message_ids: list[str], shorter_than: int, clip: int = 240, questions_only: bool = False
+    ) -> dict[str, str]:
+        """For each message shorter than ``shorter_than`` characters: the turn before it, as ``speaker: text``.
+
+        What the archive embeds a short message with (memory blocks are
+        skipped; the turn is clipped to ``clip`` characters). With
+        ``questions_only``, only a turn that asks a question counts: "Biscuit!"
+        needs "What did you name him?", but a statement after an unrelated
+        remark is clearer alone (measured in ``bench memory``: 0.82 -> 0.87).
+        """
+        found: dict[str, str] = {}
+        if shorter_than <= 0:
+            return found
+        with self._read() as conn:
+            for message_id in message_ids:
+                centre = self._message_row(conn, message_id)
+                if centre is None or len(centre.content) >= shorter_than:
+                    continue
+                branch = "" if centre.superseded_at is not None else " AND superseded_at IS NULL"
+                row = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq < ? "
+                    f"AND role NOT IN ('memory', 'system'){branch} ORDER BY seq DESC LIMIT 1",
+                    (centre.session_id, centre.seq),
+                ).fetchone()
+                if row is not None and (not questions_only or row["content"].rstrip().endswith("?")):
+                    before = _message_from_row(row)
+                    text = " ".join(before.content.split())
+                    if len(text) > clip:  # cut after a word
+                        text = text[: text.rfind(" ", 0, clip) if " " in text[:clip] else clip]
+                    found[message_id] = f"{speaker_of(before.role, before.meta)}: {text}"
+        return found
+
     def neighbours(
         self, message_id: str, before: int = 1, after: int = 1
     ) -> tuple[list[StoredMessage], list[StoredMessage]]:

@@ -195,9 +195,15 @@ def run_quality(
                         "tokens": result.block_tokens,
                     }
                     if question.kind == "update":
-                        row["newest_first"] = _newest_first(
-                            [m.message_id for m in result.memories], evidence, {message_of[t] for t in question.stale}
-                        )
+                        stale = {message_of[t] for t in question.stale}
+                        if evidence & in_window:  # the model sees the newest value; older ones must say so
+                            row["newest_first"] = all(
+                                line.earlier for line in result.lines if line.message_id in stale and line.memory
+                            )
+                        else:
+                            row["newest_first"] = _newest_first(
+                                [m.message_id for m in result.memories], evidence, stale
+                            )
                     if answers:
                         row["correct"] = answer_is_correct(
                             _answer(model, tokenizer, result.block, question.text, max_new_tokens), question
@@ -217,11 +223,12 @@ def run_quality(
                             "tokens": count_tokens(block) if block else 0,
                         }
                         if question.kind == "update":
-                            base_row["newest_first"] = _newest_first(
-                                [message_of[t.turn_id] for t in picked],
-                                evidence,
-                                {message_of[t] for t in question.stale},
-                            )
+                            stale = {message_of[t] for t in question.stale}
+                            ranked = [message_of[t.turn_id] for t in picked]
+                            if evidence & in_window:  # nothing marks an older value: it must not be shown
+                                base_row["newest_first"] = not stale & set(ranked)
+                            else:
+                                base_row["newest_first"] = _newest_first(ranked, evidence, stale)
                         if answers:
                             base_row["correct"] = answer_is_correct(
                                 _answer(model, tokenizer, block, question.text, max_new_tokens), question

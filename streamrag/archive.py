@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,13 +433,32 @@ class Archive:
         in that Unix-time range. Memories carry their vectors (``vector``)
         so a recall policy can compare them with each other.
         """
-        if k <= 0 or not query.strip():
-            return []
+        return self.search_many(session_id, [query], k, candidates, pending, spoken_between)[0]
+
+    def search_many(
+        self,
+        session_id: str,
+        queries: Sequence[str],
+        k: int = 5,
+        candidates: int | None = None,
+        pending: list[Chunk] | None = None,
+        spoken_between: tuple[float, float] | None = None,
+    ) -> list[list[Memory]]:
+        """:meth:`search` for several queries at the price of about one.
+
+        The queries are embedded in one batch and sent to Chroma in one
+        call, the chunks BM25 found are fetched once, and pending chunks are
+        embedded once: recall asks two or three questions a turn.
+        """
+        results: list[list[Memory]] = [[] for _ in queries]
+        asked = [i for i, query in enumerate(queries) if query.strip()]
+        if k <= 0 or not asked:
+            return results
         pool = candidates or max(3 * k, 10)
-        query_vector = self.embedder([query])[0]
-        found: dict[str, tuple[str, dict, np.ndarray | None]] = {}
-        similarity: dict[str, float] = {}
-        coverage: dict[str, float] = {}
+        vectors = [np.asarray(v, dtype=np.float32) for v in self.embedder([queries[i] for i in asked])]
+        found: dict[str, tuple[str, dict, np.ndarray]] = {}
+        hits: list[set[str]] = [set() for _ in asked]
+        coverage: list[dict[str, float]] = [{} for _ in asked]
         where = None
         if spoken_between is not None:
             where = {"$and": [{"created_at": {"$gte": spoken_between[0]}}, {"created_at": {"$lt": spoken_between[1]}}]}
@@ -448,36 +467,37 @@ class Archive:
             index = self._lexical_index(session_id, collection) if collection is not None else LexicalIndex()
             if len(index):
                 result = collection.query(
-                    query_embeddings=[query_vector],
+                    query_embeddings=vectors,
                     n_results=min(pool, len(index)),
                     where=where,
-                    include=["documents", "metadatas", "distances", "embeddings"],
+                    include=["documents", "metadatas", "embeddings"],
                 )
-                for cid, doc, meta, dist, vector in zip(
-                    result["ids"][0],
-                    result["documents"][0],
-                    result["metadatas"][0],
-                    result["distances"][0],
-                    result["embeddings"][0],
-                ):
-                    found[cid] = (doc, meta, np.asarray(vector, dtype=np.float32))
-                    similarity[cid] = 1.0 - float(dist)
-                for hit in index.search(query, pool):
-                    coverage[hit.chunk_id] = hit.coverage
-                missing = [cid for cid in coverage if cid not in found]
+                for n in range(len(asked)):
+                    for cid, doc, meta, vector in zip(
+                        result["ids"][n], result["documents"][n], result["metadatas"][n], result["embeddings"][n]
+                    ):
+                        found[cid] = (doc, meta, np.asarray(vector, dtype=np.float32))
+                        hits[n].add(cid)
+                for n, i in enumerate(asked):
+                    for hit in index.search(queries[i], pool):
+                        coverage[n][hit.chunk_id] = hit.coverage
+                        hits[n].add(hit.chunk_id)
+                missing = sorted({cid for n in range(len(asked)) for cid in hits[n]} - found.keys())
                 if missing:
                     got = collection.get(ids=missing, include=["documents", "metadatas", "embeddings"])
                     for cid, doc, meta, vector in zip(
                         got["ids"], got["documents"], got["metadatas"], got["embeddings"]
                     ):
                         if spoken_between is None or _spoken_in(meta, spoken_between):
-                            vector = np.asarray(vector, dtype=np.float32)
-                            found[cid] = (doc, meta, vector)
-                            similarity[cid] = float(np.dot(query_vector, vector))
-                coverage.update(index.coverage(query, [cid for cid in found if cid not in coverage]))
-        return self._score(session_id, query, query_vector, found, similarity, coverage, pending or [], spoken_between)[
-            :k
-        ]
+                            found[cid] = (doc, meta, np.asarray(vector, dtype=np.float32))
+                for n, i in enumerate(asked):
+                    unscored = [cid for cid in hits[n] if cid in found and cid not in coverage[n]]
+                    coverage[n].update(index.coverage(queries[i], unscored))
+        waiting = self._pending_for(session_id, pending or [], spoken_between)
+        for n, i in enumerate(asked):
+            mine = {cid: found[cid] for cid in hits[n] if cid in found}
+            results[i] = self._score(queries[i], vectors[n], mine, coverage[n], waiting)[:k]
+        return results
 
     def search_pending(self, session_id: str, query: str, k: int, pending: list[Chunk]) -> list[Memory]:
         """The same hybrid search over logged, not yet indexed chunks alone: no store involved.
@@ -486,51 +506,60 @@ class Archive:
         """
         if k <= 0 or not query.strip():
             return []
-        query_vector = self.embedder([query])[0]
-        return self._score(session_id, query, query_vector, {}, {}, {}, pending, None)[:k]
+        query_vector = np.asarray(self.embedder([query])[0], dtype=np.float32)
+        return self._score(query, query_vector, {}, {}, self._pending_for(session_id, pending, None))[:k]
 
-    def _score(
-        self,
-        session_id: str,
-        query: str,
-        query_vector: np.ndarray,
-        found: dict[str, tuple[str, dict, np.ndarray | None]],
-        similarity: dict[str, float],
-        coverage: dict[str, float],
-        pending: list[Chunk],
-        spoken_between: tuple[float, float] | None,
-    ) -> list[Memory]:
-        """One absolute score per candidate (see :meth:`search`), pending chunks merged in; best first."""
+    def _pending_for(
+        self, session_id: str, pending: list[Chunk], spoken_between: tuple[float, float] | None
+    ) -> tuple[dict[str, tuple[str, dict, np.ndarray]], LexicalIndex]:
+        """The session's pending chunks, embedded (once for all queries), and a BM25 index over them."""
         mine = {
             c.chunk_id: c
             for c in pending
             if c.session_id == session_id and (spoken_between is None or _spoken_in(_chunk_meta(c), spoken_between))
         }
-        if mine:
-            # A pending chunk replaces an older, shorter version of itself in the store.
-            chunks = list(mine.values())
-            vectors = self.embedder([embedding_text(c.speaker, c.text, c.context) for c in chunks])
-            waiting = LexicalIndex()
-            waiting.upsert({c.chunk_id: embedding_text(c.speaker, c.text) for c in chunks})
-            waiting_coverage = waiting.coverage(query, list(mine))
-            for chunk, vector in zip(chunks, vectors):
-                found[chunk.chunk_id] = (chunk.text, _chunk_meta(chunk), np.asarray(vector, dtype=np.float32))
-                similarity[chunk.chunk_id] = float(np.dot(query_vector, vector))
-                coverage[chunk.chunk_id] = waiting_coverage.get(chunk.chunk_id, 0.0)
+        index = LexicalIndex()
+        if not mine:
+            return {}, index
+        chunks = list(mine.values())
+        vectors = self.embedder([embedding_text(c.speaker, c.text, c.context) for c in chunks])
+        index.upsert({c.chunk_id: embedding_text(c.speaker, c.text) for c in chunks})
+        embedded = {
+            c.chunk_id: (c.text, _chunk_meta(c), np.asarray(v, dtype=np.float32)) for c, v in zip(chunks, vectors)
+        }
+        return embedded, index
+
+    def _score(
+        self,
+        query: str,
+        query_vector: np.ndarray,
+        found: dict[str, tuple[str, dict, np.ndarray]],
+        coverage: dict[str, float],
+        waiting: tuple[dict[str, tuple[str, dict, np.ndarray]], LexicalIndex],
+    ) -> list[Memory]:
+        """One absolute score per candidate (see :meth:`search`), pending chunks merged in; best first.
+
+        A pending chunk replaces an older, shorter version of itself in the store.
+        """
+        pending, pending_index = waiting
+        if pending:
+            found = found | pending
+            coverage = coverage | pending_index.coverage(query, list(pending))
         weight = self.settings.lexical_weight
         memories = []
         for cid, (doc, meta, vector) in found.items():
-            sim, cov = similarity.get(cid), coverage.get(cid, 0.0)
-            score = (1.0 - weight) * max(sim or 0.0, 0.0) + weight * cov
+            similarity = float(np.dot(query_vector, vector))
+            cov = coverage.get(cid, 0.0)
+            score = (1.0 - weight) * max(similarity, 0.0) + weight * cov
             memories.append(
                 _memory(
                     cid,
                     doc,
                     meta,
                     score=score,
-                    similarity=sim,
+                    similarity=similarity,
                     lexical_score=cov,
-                    pending=cid in mine,
+                    pending=cid in pending,
                     vector=vector,
                 )
             )

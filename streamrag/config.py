@@ -285,13 +285,13 @@ class RecallSettings(_Section):
         default=280, ge=0, description="Recalled lines shorter than this get their neighbouring turn."
     )
     update_similarity: float = Field(
-        default=0.6,
+        default=0.75,
         ge=0.0,
         le=1.0,
         description=(
             "Two statements of one speaker this similar, holding the same words of the question, are taken as "
-            "versions of one fact (a bit less similar when the newer one says something changed): the newer one "
-            "ranks first and the older one is marked earlier."
+            "versions of one fact (0.3 less similar suffices when the newer one says something changed: 'now', "
+            "'switched', 'no longer'): the newer one ranks first and the older one is marked earlier."
         ),
     )
     time_boost: float = Field(

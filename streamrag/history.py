@@ -46,6 +46,30 @@ class SyncPlan:
     new: tuple[HistoryMessage, ...]
 
 
+def timestamp_of(value: object) -> float | None:
+    """A message time from framework metadata: Unix seconds, an ISO 8601 string or a ``datetime``; None if absent.
+
+    A datetime without a zone is taken as local time. Anything else is an
+    error (a wrong date would mislabel every memory of the message).
+    """
+    from datetime import datetime
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a timestamp: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"timestamp {value!r} is neither Unix seconds nor ISO 8601") from exc
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise ValueError(f"not a timestamp: {value!r} ({type(value).__name__})")
+
+
 def as_message(message: HistoryMessage | tuple | Mapping[str, str]) -> HistoryMessage:
     """A ``HistoryMessage`` from itself, a ``(role, content[, timestamp[, name]])`` tuple or a dict.
 

@@ -81,7 +81,9 @@ class LexicalHit:
 class LexicalIndex:
     """Chunk id -> analysed text, searchable with BM25; adds, replaces and deletes in place."""
 
-    def __init__(self) -> None:
+    def __init__(self, compact_after: int = 1000) -> None:
+        """``compact_after``: deleted documents tolerated in the postings before they are dropped."""
+        self.compact_after = compact_after
         self._lock = threading.Lock()
         self._ids: list[str | None] = []  # doc number -> chunk id; None once deleted
         self._number: dict[str, int] = {}
@@ -94,6 +96,7 @@ class LexicalIndex:
         self._live = 0
         self._total_length = 0.0
         self._dead = 0
+        self.compactions = getattr(self, "compactions", 0)  # kept across a reset
 
     def __len__(self) -> int:
         return self._live
@@ -112,7 +115,7 @@ class LexicalIndex:
         """Remove chunks (all of them with ``None``)."""
         with self._lock:
             if chunk_ids is None:
-                self.__init__()
+                self.__init__(self.compact_after)
                 return
             for chunk_id in chunk_ids:
                 self._remove(chunk_id)
@@ -156,7 +159,7 @@ class LexicalIndex:
 
     def _maybe_compact(self) -> None:
         """Drop deleted documents from the postings once they outnumber the live ones (amortised O(1) per write)."""
-        if self._dead < 1000 or self._dead < self._live:
+        if self._dead < self.compact_after or self._dead < self._live:
             return
         keep = [(cid, n) for cid, n in self._number.items()]
         old_terms, old_lengths = self._doc_terms, self._lengths
@@ -168,7 +171,8 @@ class LexicalIndex:
                 if self._alive[doc]:
                     freqs_of.setdefault(doc, {})[term] = tf
         vocab = self._vocab
-        self.__init__()
+        self.__init__(self.compact_after)  # keeps the compaction count
+        self.compactions += 1
         self._vocab = vocab
         self._postings = [(array("i"), array("f")) for _ in vocab]
         self._df = [0] * len(vocab)

@@ -59,7 +59,7 @@ _MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", 
 # Memories at least this similar to a kept one (and said by the same speaker) are repeats.
 DUPLICATE_SIMILARITY = 0.97
 # A newer statement that says something changed needs this much less similarity to count as a new version.
-CHANGED_SLACK = 0.15
+CHANGED_SLACK = 0.3
 # Words with which people say that a fact changed.
 _CHANGE = re.compile(
     r"\b(now|anymore|any more|no longer|not any ?more|changed?|switched|moved|new|these days|instead|"
@@ -195,14 +195,20 @@ class RecallPolicy:
         return self.zone or datetime.now().astimezone().tzinfo
 
     # -- searching ------------------------------------------------------
-    def _search(self, session_id, text, k, pending, spoken_between=None) -> tuple[list[Memory], str | None]:
+    def _search(
+        self, session_id: str, texts: list[str], k: int, pending, spoken_between=None
+    ) -> tuple[list[list[Memory]], str | None]:
+        """The archive searched for each text (one batch); on an outage, the pending chunks alone."""
         try:
-            return self.archive.search(session_id, text, k=k, pending=pending, spoken_between=spoken_between), None
+            return self.archive.search_many(session_id, texts, k, pending=pending, spoken_between=spoken_between), None
         except ArchiveUnavailable as exc:
-            found = self.archive.search_pending(session_id, text, k, pending or [])
-            if spoken_between is not None:
-                found = [m for m in found if spoken_between[0] <= m.created_at < spoken_between[1]]
-            return found, str(exc)
+            results = []
+            for text in texts:
+                found = self.archive.search_pending(session_id, text, k, pending or [])
+                if spoken_between is not None:
+                    found = [m for m in found if spoken_between[0] <= m.created_at < spoken_between[1]]
+                results.append(found)
+            return results, str(exc)
 
     def candidates(
         self,
@@ -235,18 +241,20 @@ class RecallPolicy:
         period = find_time_range(message, time.time() if now is None else now, self._local_zone())
         best: dict[str, Memory] = {}
         unavailable = None
-        searches = [(text, weight, None) for text, weight in queries]
+        searches = [([text for text, _ in queries], [weight for _, weight in queries], None)]
         if period is not None:
-            searches.append((asked, 1.0, (period.start, period.end)))
-        for text, weight, between in searches:
-            found, failed = self._search(session_id, text, pool, pending, between)
+            searches.append(([asked], [1.0], (period.start, period.end)))
+        hits: list[tuple[Memory, float]] = []
+        for texts, weights, between in searches:
+            results, failed = self._search(session_id, texts, pool, pending, between)
             unavailable = unavailable or failed
-            for memory in found:
-                score = memory.score * weight
-                if period is not None and period.start <= memory.created_at < period.end:
-                    score += settings.time_boost
-                if memory.chunk_id not in best or best[memory.chunk_id].score < score:
-                    best[memory.chunk_id] = replace(memory, score=score)
+            hits += [(memory, weight) for found, weight in zip(results, weights) for memory in found]
+        for memory, weight in hits:
+            score = memory.score * weight
+            if period is not None and period.start <= memory.created_at < period.end:
+                score += settings.time_boost
+            if memory.chunk_id not in best or best[memory.chunk_id].score < score:
+                best[memory.chunk_id] = replace(memory, score=score)
         if named and settings.speaker_boost:
             best = {cid: replace(m, score=m.score + settings.speaker_boost) if m.speaker in named else m
                     for cid, m in best.items()}  # fmt: skip
@@ -285,6 +293,8 @@ class RecallPolicy:
         ordered, earlier = self.versions_first(
             unique, message, self._window(window, message, unique[: settings.top_k * 2])
         )
+        if period is not None:  # a question about a time asks what was said then, not what holds now
+            ordered = unique
         lines = self._fit(ordered, earlier, resident, neighbours)
         kept = [line.memory for line in sorted(lines, key=lambda line: line.order) if line.memory is not None]
         block = self.render(lines)

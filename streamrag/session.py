@@ -361,6 +361,7 @@ class Assistant:
         self.turn = 0  # user messages so far
         self._said: dict[str, tuple[int, float]] = {}  # message id -> (turn, time said), for resident messages
         self._started = False
+        self._speakers: set[str] | None = None  # participants' names, read on first recall
         self._open_reply: Reply | None = None
         self._lock = threading.RLock()  # one step of this session at a time (a turn, a token, a sync)
         self._reply_ended = threading.Condition(self._lock)  # notified when the open reply ends
@@ -580,6 +581,7 @@ class Assistant:
         for message in messages:
             turn = turn + 1 if message.role == "user" else turn
             meta = {"name": message.name} if message.name else None
+            self._note_speaker(message.name)
             rows.append(NewMessage(message.role, message.content, turn, meta=meta, created_at=message.timestamp))
         stored = self.transcript.append_many(self.session_id, rows)
         for row in stored:
@@ -618,6 +620,7 @@ class Assistant:
         text = message.content
         turn = self.turn + 1
         meta = {"name": message.name} if message.name else None
+        self._note_speaker(message.name)
         stored = self.transcript.append(self.session_id, "user", text, turn, meta=meta, created_at=message.timestamp)
         self._said[stored.message_id] = (turn, stored.created_at)
         block_id = None
@@ -676,8 +679,18 @@ class Assistant:
             now=now,
             neighbours=self.transcript.neighbours,
             window=window,
-            speakers=self.transcript.speaker_names(self.session_id),
+            speakers=self._speaker_names(),
         )
+
+    def _speaker_names(self) -> set[str]:
+        """The participants' names: read from the transcript once, then kept up to date as messages arrive."""
+        if self._speakers is None:
+            self._speakers = self.transcript.speaker_names(self.session_id)
+        return self._speakers
+
+    def _note_speaker(self, name: str | None) -> None:
+        if name and self._speakers is not None:
+            self._speakers.add(name.strip())
 
     def chat(self, text: str, **generation) -> str:
         """Answer a user message and return the whole reply text."""

@@ -47,3 +47,47 @@ def test_pairs_dicts_and_history_messages_are_all_accepted():
         HistoryMessage("assistant", "b"),
         HistoryMessage("user", "c"),
     ]
+
+
+def test_framework_messages_bring_their_speaker_and_time():
+    from datetime import datetime, timezone
+
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_streamrag._common import to_history
+
+    when = datetime(2023, 5, 8, 14, 0, tzinfo=timezone.utc)
+    history = to_history(
+        [
+            HumanMessage("I ran a half marathon", name="Maya", additional_kwargs={"timestamp": when.isoformat()}),
+            AIMessage("Well done!", name="Tom", response_metadata={"timestamp": when.timestamp() + 60}),
+            HumanMessage("no metadata"),
+        ]
+    )
+    assert [(m.name, m.timestamp) for m in history] == [
+        ("Maya", when.timestamp()),
+        ("Tom", when.timestamp() + 60),
+        (None, None),
+    ]
+    # Speaker and time do not take part in matching a client's list against the session.
+    assert history[2] == HistoryMessage("user", "no metadata", "Someone", 1.0)
+
+
+def test_llamaindex_messages_bring_their_speaker_and_time():
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.streamrag.base import _history_message
+
+    message = _history_message(
+        ChatMessage(role="user", content="hi", additional_kwargs={"name": "Maya", "timestamp": 1683554400})
+    )
+    assert (message.name, message.timestamp) == ("Maya", 1683554400.0)
+
+
+def test_a_timestamp_that_is_not_a_time_is_refused():
+    import pytest
+
+    from streamrag.history import timestamp_of
+
+    assert timestamp_of("2023-05-08T14:00:00Z") == 1683554400.0
+    for bad in ("last tuesday", True, [1]):
+        with pytest.raises(ValueError, match="timestamp"):
+            timestamp_of(bad)

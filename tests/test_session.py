@@ -10,13 +10,16 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from streamrag.archive import Archive, ArchiveUnavailable
 from streamrag.config import StreamRAGConfig
+from streamrag.recall import format_date
 from streamrag.session import MEMORY_ROLE, Assistant, Resources
+from streamrag.text import MessageError
 from streamrag.transcript import Transcript, TranscriptError
 
 FILLER_USER = [
@@ -334,3 +337,18 @@ def test_a_chroma_server_killed_mid_conversation_then_restarted_loses_and_duplic
         assert all(m.char_end == min(m.char_start + 400, ends[m.message_id]) for m in memories)
     finally:
         resources.close()
+
+
+def test_speakers_and_times_given_with_messages_come_back_with_their_memories(resources):
+    assistant = Assistant(resources)
+    said = datetime(2023, 5, 8, 14, 0, tzinfo=UTC).timestamp()
+    assistant.add_message("user", "I ran my first half marathon yesterday, in 1:58!", timestamp=said, name="Maya")
+    assistant.add_message("assistant", "That is a great time, well done.", timestamp=said + 60, name="Tom")
+    run_on(assistant, windows=3)
+    assert assistant.flush()
+    result = assistant.recall("When did Maya run her first half marathon?", now=said + 30 * 86400)
+    line = next(line for line in result.block.splitlines() if "half marathon" in line)
+    assert line.startswith(f"[{format_date(said, None)}] Maya: ")  # "[8 May 2023] Maya: " in the machine's zone
+    assert result.memories[0].speaker == "Maya" and result.memories[0].created_at == said
+    with pytest.raises(MessageError, match="speaker name"):
+        assistant.add_message("user", "hello", name="two\nlines")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 
 from streamrag.engine import TurnStats
+from streamrag.recall import format_date
 from streamrag.session import Assistant, Reply
 
 
@@ -20,9 +21,10 @@ def panel_data(assistant: Assistant | None, reply: Reply | None = None) -> dict:
     cache = stats.cache
     sinks = min(cache.sink_tokens, cache.cache_tokens)
     turn = reply.stats if reply is not None else TurnStats()
-    unavailable = (
-        reply.recall.unavailable if reply is not None and reply.recall else None
-    ) or stats.archive_unavailable
+    recall = reply.recall if reply is not None else None
+    unavailable = (recall.unavailable if recall else None) or stats.archive_unavailable
+    earlier = {line.memory.chunk_id for line in recall.lines if line.earlier and line.memory} if recall else set()
+    zone = assistant.recall_policy.zone
     return {
         "session_id": assistant.session_id,
         "turn": assistant.turn,
@@ -44,6 +46,9 @@ def panel_data(assistant: Assistant | None, reply: Reply | None = None) -> dict:
                 "text": m.text,
                 "turn": m.turn,
                 "role": m.role,
+                "speaker": m.speaker,
+                "said": format_date(m.created_at, zone),
+                "earlier": m.chunk_id in earlier,
                 "score": round(m.score, 4),
                 "similarity": None if m.similarity is None else round(m.similarity, 3),
                 "lexical_score": None if m.lexical_score is None else round(m.lexical_score, 2),
@@ -51,6 +56,7 @@ def panel_data(assistant: Assistant | None, reply: Reply | None = None) -> dict:
             }
             for m in (reply.memories if reply is not None else [])
         ],
+        "context_lines": sum(1 for line in recall.lines if line.memory is None) if recall else 0,
         "tokens_per_second": round(turn.tokens_per_second, 1),
         "generated_tokens": turn.generated_tokens,
         "prefilled_tokens": turn.prefilled_tokens,
@@ -72,8 +78,9 @@ def panel_html(data: dict) -> str:
     fill_pct = 100 * cache["window_fill"] / capacity
     recalled = data["recalled"]
     cards = "".join(
-        f"<div class='srag-memory'><div class='srag-dim'>turn {m['turn']} · {html.escape(m['role'])} · "
-        f"score {m['score']:.3f}</div><div>{html.escape(m['text'])}</div></div>"
+        f"<div class='srag-memory'><div class='srag-dim'>{html.escape(m['said'])} · {html.escape(m['speaker'])} · "
+        f"score {m['score']:.2f}{' · earlier version' if m['earlier'] else ''}</div>"
+        f"<div>{html.escape(m['text'])}</div></div>"
         for m in recalled
     )
     if not cards:

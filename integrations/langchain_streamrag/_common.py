@@ -7,7 +7,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage
 
 from streamrag.config import StreamRAGConfig
-from streamrag.history import HistoryMessage
+from streamrag.history import HistoryMessage, timestamp_of
 from streamrag.session import Resources
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -44,7 +44,8 @@ def message_text(content: Any) -> str:
 
 
 def to_history(messages: list[BaseMessage]) -> list[HistoryMessage]:
-    """LangChain messages as streamrag (role, content) pairs."""
+    """LangChain messages as streamrag messages: role and text, plus the message's ``name`` and the
+    ``timestamp`` in its ``additional_kwargs`` or ``response_metadata`` (Unix seconds or ISO 8601)."""
     history = []
     for message in messages:
         if isinstance(message, HumanMessage):
@@ -60,5 +61,7 @@ def to_history(messages: list[BaseMessage]) -> list[HistoryMessage]:
                 f"streamrag cannot take a {type(message).__name__} (role {message.type!r}): "
                 "it has no tool calling; use system, human and ai messages"
             )
-        history.append(HistoryMessage(role, message_text(message.content)))
+        meta = {**message.response_metadata, **message.additional_kwargs}
+        when = timestamp_of(meta.get("timestamp"))
+        history.append(HistoryMessage(role, message_text(message.content), message.name, when))
     return history

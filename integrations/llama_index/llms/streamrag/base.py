@@ -28,7 +28,7 @@ from llama_index.core.llms.custom import CustomLLM
 
 from streamrag.config import StreamRAGConfig
 from streamrag.engine import StreamingLM
-from streamrag.history import HistoryMessage
+from streamrag.history import HistoryMessage, timestamp_of
 from streamrag.session import Assistant, Resources
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -169,4 +169,5 @@ def _history_message(message: ChatMessage) -> HistoryMessage:
     role = _ROLES.get(message.role)
     if role is None:
         raise ValueError(f"streamrag has no tool calling; cannot take a {message.role.value!r} message")
-    return HistoryMessage(role, message.content or "")
+    extra = message.additional_kwargs or {}
+    return HistoryMessage(role, message.content or "", extra.get("name"), timestamp_of(extra.get("timestamp")))

@@ -58,6 +58,9 @@ _MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", 
                 "October", "November", "December")  # fmt: skip
 # Memories at least this similar to a kept one (and said by the same speaker) are repeats.
 DUPLICATE_SIMILARITY = 0.97
+# The latest characters of the conversation that join the question in its second query (~150 tokens):
+# the embedder's cost grows with the length, and the last few turns carry the referent of "it".
+CONTEXT_CHARS = 600
 # A newer statement that says something changed needs this much less similarity to count as a new version.
 CHANGED_SLACK = 0.3
 # Words with which people say that a fact changed.
@@ -168,6 +171,15 @@ def _cosine(a, b) -> float:
     return float(np.dot(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)))
 
 
+def _tail(text: str, limit: int) -> str:
+    """The last ``limit`` characters of ``text`` (whitespace collapsed), starting at a word."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text.find(" ", len(text) - limit)
+    return text[cut + 1 :] if cut >= 0 else text[-limit:]
+
+
 def _clip(text: str, limit: int) -> str:
     """At most ``limit`` characters, cut after a word, with an ellipsis when cut."""
     text = " ".join(text.split())
@@ -236,7 +248,7 @@ class RecallPolicy:
         query = asked
         context = [text for text in recent if text and text.strip()][-settings.context_messages :]
         if settings.context_messages and context:
-            query = _clip("\n".join(context), 1200) + "\n" + asked
+            query = _tail(" ".join(context), CONTEXT_CHARS) + "\n" + asked
             queries.append((query, settings.context_weight))
         period = find_time_range(message, time.time() if now is None else now, self._local_zone())
         best: dict[str, Memory] = {}
@@ -348,7 +360,11 @@ class RecallPolicy:
         A newer version ranks right above the best-ranked older one; older
         versions are returned (chunk ids) to be marked ``(earlier)``, also
         when the newer version is not recalled but still in the window.
+        Only the head of the ranking (twice ``top_k``) is compared: what
+        ranks below it does not reach the block.
         """
+        head = 2 * max(self.settings.top_k, 1)
+        memories, rest = memories[:head], memories[head:]
         query_terms = set(analyse(query))
         said = [_Said.of(m) for m in memories]
         earlier: set[str] = set()
@@ -372,7 +388,7 @@ class RecallPolicy:
                     placed.add(j)
             ordered.append(i)
             placed.add(i)
-        return [memories[i] for i in ordered], earlier
+        return [memories[i] for i in ordered] + rest, earlier
 
     def _window(self, window: Sequence[StoredMessage], query: str, memories: list[Memory]) -> list[_Said]:
         """Messages in the cache that may restate a recalled fact, embedded (one batch, at most a few).

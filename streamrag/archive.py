@@ -443,19 +443,25 @@ class Archive:
         candidates: int | None = None,
         pending: list[Chunk] | None = None,
         spoken_between: tuple[float, float] | None = None,
+        vectors: Sequence | None = None,
     ) -> list[list[Memory]]:
         """:meth:`search` for several queries at the price of about one.
 
         The queries are embedded in one batch and sent to Chroma in one
         call, the chunks BM25 found are fetched once, and pending chunks are
         embedded once: recall asks two or three questions a turn.
+        ``vectors`` are the queries' embeddings when the caller has them.
         """
         results: list[list[Memory]] = [[] for _ in queries]
         asked = [i for i, query in enumerate(queries) if query.strip()]
         if k <= 0 or not asked:
             return results
         pool = candidates or max(3 * k, 10)
-        vectors = [np.asarray(v, dtype=np.float32) for v in self.embedder([queries[i] for i in asked])]
+        if vectors is None:
+            vectors = self.embedder([queries[i] for i in asked])
+        else:
+            vectors = [vectors[i] for i in asked]
+        vectors = [np.asarray(v, dtype=np.float32) for v in vectors]
         found: dict[str, tuple[str, dict, np.ndarray]] = {}
         hits: list[set[str]] = [set() for _ in asked]
         coverage: list[dict[str, float]] = [{} for _ in asked]

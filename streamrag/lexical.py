@@ -240,15 +240,12 @@ class LexicalIndex:
         with self._lock:
             terms, weights = self._query_terms(query)
             total = float(weights.sum())
-            known = np.array([-1 if term is None else term for term in terms], dtype=np.int32)
+            weight_of = {term: float(w) for term, w in zip(terms, weights) if term is not None}
             result = {}
             for chunk_id in chunk_ids:
                 number = self._number.get(chunk_id)
                 if number is None:
                     continue
-                if not total:
-                    result[chunk_id] = 0.0
-                    continue
-                present = np.isin(known, self._doc_terms[number])
-                result[chunk_id] = float(weights[present].sum() / total)
+                held = sum(weight_of.get(term, 0.0) for term in self._doc_terms[number].tolist()) if total else 0.0
+                result[chunk_id] = held / total if total else 0.0
             return result

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
@@ -61,6 +62,8 @@ DUPLICATE_SIMILARITY = 0.97
 # The latest characters of the conversation that join the question in its second query (~150 tokens):
 # the embedder's cost grows with the length, and the last few turns carry the referent of "it".
 CONTEXT_CHARS = 600
+# Texts whose embeddings a policy keeps (questions and recent messages; ~1.5 KB each).
+VECTOR_CACHE = 512
 # A newer statement that says something changed needs this much less similarity to count as a new version.
 CHANGED_SLACK = 0.3
 # Words with which people say that a fact changed.
@@ -198,21 +201,39 @@ class RecallPolicy:
         self.count_tokens = count_tokens
         self.budget_tokens = max(1, int(settings.budget_fraction * window_tokens))
         self.zone: tzinfo | None = None
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._costs: dict[str, int] = {}
         if settings.timezone:
             from zoneinfo import ZoneInfo
 
             self.zone = ZoneInfo(settings.timezone)
+
+    def _vectors_of(self, texts: list[str]) -> list[np.ndarray]:
+        """Embeddings of ``texts``, each computed once and kept (the recent messages recur turn after turn)."""
+        cache = self._vectors
+        missing = [text for text in dict.fromkeys(texts) if text not in cache]
+        if missing:
+            for text, vector in zip(missing, self.archive.embedder(missing)):
+                cache[text] = np.asarray(vector, dtype=np.float32)
+        for text in texts:
+            cache.move_to_end(text)
+        while len(cache) > VECTOR_CACHE:
+            cache.popitem(last=False)
+        return [cache[text] for text in texts]
 
     def _local_zone(self) -> tzinfo:
         return self.zone or datetime.now().astimezone().tzinfo
 
     # -- searching ------------------------------------------------------
     def _search(
-        self, session_id: str, texts: list[str], k: int, pending, spoken_between=None
+        self, session_id: str, texts: list[str], k: int, pending, spoken_between=None, vectors=None
     ) -> tuple[list[list[Memory]], str | None]:
         """The archive searched for each text (one batch); on an outage, the pending chunks alone."""
         try:
-            return self.archive.search_many(session_id, texts, k, pending=pending, spoken_between=spoken_between), None
+            found = self.archive.search_many(
+                session_id, texts, k, candidates=k, pending=pending, spoken_between=spoken_between, vectors=vectors
+            )
+            return found, None
         except ArchiveUnavailable as exc:
             results = []
             for text in texts:
@@ -244,21 +265,28 @@ class RecallPolicy:
         pool = max(settings.top_k * 4, 16)
         named = {name for name in speakers if _names(name, message)}
         asked = _without_names(message, named)
-        queries = [(asked, 1.0)]
+        question = self._vectors_of([asked])[0]
+        queries = [(asked, 1.0, question)]
         query = asked
         context = [text for text in recent if text and text.strip()][-settings.context_messages :]
         if settings.context_messages and context:
+            # The context query's vector is the question's plus the mean of the recent messages' (each
+            # embedded once and cached): embedding the concatenated text again every turn cost more than
+            # the rest of recall together. Its BM25 side reads the text.
             query = _tail(" ".join(context), CONTEXT_CHARS) + "\n" + asked
-            queries.append((query, settings.context_weight))
+            around = np.mean(self._vectors_of([_clip(text, CONTEXT_CHARS) for text in context]), axis=0)
+            mixed = question + around / max(float(np.linalg.norm(around)), 1e-6)
+            queries.append((query, settings.context_weight, mixed / max(float(np.linalg.norm(mixed)), 1e-6)))
         period = find_time_range(message, time.time() if now is None else now, self._local_zone())
         best: dict[str, Memory] = {}
         unavailable = None
-        searches = [([text for text, _ in queries], [weight for _, weight in queries], None)]
+        searches = [(queries, None)]
         if period is not None:
-            searches.append(([asked], [1.0], (period.start, period.end)))
+            searches.append(([(asked, 1.0, question)], (period.start, period.end)))
         hits: list[tuple[Memory, float]] = []
-        for texts, weights, between in searches:
-            results, failed = self._search(session_id, texts, pool, pending, between)
+        for asking, between in searches:
+            texts, weights, vectors = zip(*asking)
+            results, failed = self._search(session_id, list(texts), pool, pending, between, list(vectors))
             unavailable = unavailable or failed
             hits += [(memory, weight) for found, weight in zip(results, weights) for memory in found]
         for memory, weight in hits:
@@ -415,7 +443,7 @@ class RecallPolicy:
                 break
         if not picked:
             return []
-        vectors = self.archive.embedder([embedding_text(who, m.content) for m, who, _ in picked])
+        vectors = self._vectors_of([embedding_text(who, _clip(m.content, CONTEXT_CHARS)) for m, who, _ in picked])
         return [_Said(m.message_id, who, m.created_at, m.content, v, t) for (m, who, t), v in zip(picked, vectors)]
 
     def _fit(
@@ -497,7 +525,14 @@ class RecallPolicy:
         return lines
 
     def _cost(self, line: RecalledLine) -> int:
-        return self.count_tokens(self._line(line)) + 1
+        """Tokens of a rendered line and its newline (counted once per text: memories recur turn after turn)."""
+        text = self._line(line)
+        cost = self._costs.get(text)
+        if cost is None:
+            cost = self._costs[text] = self.count_tokens(text) + 1
+            if len(self._costs) > VECTOR_CACHE:
+                self._costs.pop(next(iter(self._costs)))
+        return cost
 
     def _line(self, line: RecalledLine) -> str:
         earlier = " (earlier)" if line.earlier else ""

@@ -300,8 +300,9 @@ def run_cost(base: StreamRAGConfig, work: Path, sizes: list[int], others: int, q
     rng = random.Random(seed)
     results: dict[str, Any] = {}
     dims = len(Archive(config.archive, work / "probe").embedder(["x"])[0])
-    questions = [f"what did we say about the {rng.choice(_COST_WORDS)} and the {rng.choice(_COST_WORDS)}?"
-                 for _ in range(queries)]  # fmt: skip
+    # Each question is new (the policy keeps the embeddings of texts it has seen), as in a real conversation.
+    questions = [f"what did we say about the {rng.choice(_COST_WORDS)} and the {rng.choice(_COST_WORDS)}, take {n}?"
+                 for n in range(queries)]  # fmt: skip
     for size in sizes:
         where = work / f"cost-{size}"
         archive = Archive(config.archive, where)

@@ -43,6 +43,8 @@ from streamrag.lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
 
+# Records read per call when a session's BM25 index is built from its collection.
+LOAD_PAGE = 5000
 # Embedded stores rewritten by this process (path -> count): other Archive objects on one reopen.
 _REWRITES: dict[str, int] = {}
 
@@ -371,11 +373,10 @@ class Archive:
         index = self._lexical.get(session_id)
         if index is None:
             index = LexicalIndex()
-            got = collection.get(include=["documents", "metadatas"])
             index.upsert(
                 {
                     cid: embedding_text(str(meta.get("speaker", meta.get("role", ""))), doc)
-                    for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"])
+                    for cid, doc, meta in _records(collection)
                 }
             )
             self._lexical[session_id] = index
@@ -406,8 +407,7 @@ class Archive:
             collection = self.collection_for(session_id, create=False)
             if collection is None:
                 return []
-            got = collection.get(include=["documents", "metadatas"])
-        memories = [_memory(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
+            memories = [_memory(i, d, m) for i, d, m in _records(collection)]
         memories.sort(key=lambda m: (m.turn, m.created_at, m.message_id, m.char_start))
         return memories[offset : None if limit is None else offset + limit]
 
@@ -721,6 +721,18 @@ class Archive:
             if self.client is not None and hasattr(self.client, "close"):
                 self.client.close()
             self.client, self._collections, self._opened = None, {}, False
+
+
+def _records(collection) -> Iterator[tuple[str, str, dict]]:
+    """Every (id, document, metadata) of a collection, read in pages: one get of 100k records
+    exceeds SQLite's limit on variables inside Chroma."""
+    offset = 0
+    while True:
+        got = collection.get(include=["documents", "metadatas"], limit=LOAD_PAGE, offset=offset)
+        yield from zip(got["ids"], got["documents"], got["metadatas"])
+        offset += len(got["ids"])
+        if len(got["ids"]) < LOAD_PAGE:
+            return
 
 
 def _stop_local_system(path: Path) -> None:

@@ -28,6 +28,12 @@ DEFAULT_CONFIG = Path("configs/default.yaml")
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config (default: configs/default.yaml if present).")
 ModelOption = typer.Option(None, "--model", "-m", help="Hub id, folder or .gguf file (default: embedded SmolLM2).")
+DeviceOption = typer.Option(None, help="auto, cpu, cuda, cuda:N.")
+DtypeOption = typer.Option(None, help="auto, fp32, bf16, fp16.")
+VerboseOption = typer.Option(False, "--verbose", "-v")
+ThreadsOption = typer.Option(None, help="torch CPU threads (default: torch's own choice).")
+OutOption = typer.Option(Path("results"), "--out", "-o", help="Output folder.")
+WorkDirOption = typer.Option(None, help="Where the temporary archives go (default: under OUT).")
 
 
 def load_config(config: Path | None, **overrides) -> StreamRAGConfig:
@@ -75,11 +81,11 @@ def chat(
     session: str | None = typer.Option(None, "--session", "-s", help="Resume this session (default: a new one)."),
     window_tokens: int | None = typer.Option(None, help="Rolling window size."),
     sink_tokens: int | None = typer.Option(None, help="Attention-sink tokens kept at the start."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
     temperature: float | None = typer.Option(None),
     max_new_tokens: int | None = typer.Option(None),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Chat in the terminal with memory: evicted text is archived and recalled.
 
@@ -162,9 +168,9 @@ def serve(
     share: bool = typer.Option(False, "--share", help="Also open a public Gradio share link (off by default)."),
     window_tokens: int | None = typer.Option(None, help="Default rolling window for new sessions."),
     sink_tokens: int | None = typer.Option(None, help="Default attention-sink tokens for new sessions."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """The Gradio app: streaming chat, memory panel, sessions, archive (http://127.0.0.1:7860)."""
     _setup_logging(verbose)
@@ -211,7 +217,7 @@ def generate(
     dtype: str | None = typer.Option(None),
     temperature: float | None = typer.Option(None),
     seed: int | None = typer.Option(None),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Generate one reply to --prompt and stream it to stdout (any length, constant memory)."""
     _setup_logging(verbose)
@@ -273,17 +279,17 @@ def bench_ppl(
     sinks: int = typer.Option(4, "--sinks", help="sink_tokens of the sink cache; the window baseline gets 0 sinks."),
     chunk: int = typer.Option(64, "--chunk", help="Tokens per forward pass, and the eviction chunk."),
     smooth: int | None = typer.Option(None, help="Tokens in the plot's running mean (default: 100 to 256)."),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    out: Path = OutOption,
     name: str = typer.Option("ppl", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
-    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    threads: int | None = ThreadsOption,
     self_extend: bool = typer.Option(False, "--self-extend", help="Add a Self-Extend row (whole text cached)."),
     group_size: int = typer.Option(4, help="Self-Extend group size G (with --self-extend)."),
     neighbor_window: int = typer.Option(2048, help="Self-Extend neighbor window W (with --self-extend)."),
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """Perplexity of one long text: dense cache vs. sliding window vs. attention sinks (vs. Self-Extend), in one run."""
     _setup_logging(verbose)
@@ -351,14 +357,14 @@ def bench_passkey(
     neighbor_window: int = typer.Option(2048, help="Self-Extend neighbor window W."),
     dense_max: int | None = typer.Option(None, help="Skip dense runs longer than this many tokens."),
     seed: int = typer.Option(0, help="Seed of the keys."),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    out: Path = OutOption,
     name: str = typer.Option("passkey", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
-    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    threads: int | None = ThreadsOption,
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """Passkey retrieval below and beyond the trained length: dense, sink, sink + archive, Self-Extend.
 
@@ -422,14 +428,14 @@ def bench_latency(
     window: int | None = typer.Option(None, "--window", help="window_tokens (default: from the config)."),
     sinks: int | None = typer.Option(None, "--sinks", help="sink_tokens (default: from the config)."),
     evict_chunk: int | None = typer.Option(None, help="Evict at least this many tokens at once."),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    out: Path = OutOption,
     name: str = typer.Option("latency", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
-    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    threads: int | None = ThreadsOption,
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """Per-token decode latency and memory vs. stream length: sink cache vs. dense vs. recompute vs. with archive."""
     _setup_logging(verbose)
@@ -497,11 +503,11 @@ def bench_crash(
     min_delay: float = typer.Option(3.0, help="Earliest SIGKILL, seconds after the child is ready."),
     max_delay: float = typer.Option(30.0, help="Latest SIGKILL, seconds after the child is ready."),
     seed: int = typer.Option(0, help="Seeds the delays and the conversations."),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    out: Path = OutOption,
     name: str = typer.Option("crash", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """SIGKILL a conversation at random points, resume it: count lost, duplicated and unfindable text (all 0)."""
     _setup_logging(verbose)
@@ -533,10 +539,10 @@ def bench_crash(
 def bench_forget(
     chunks: int = typer.Option(10_000, help="Chunks in the session that is forgotten (one short message each)."),
     seed: int = typer.Option(0),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    out: Path = OutOption,
     name: str = typer.Option("forget", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
     config: Path | None = ConfigOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """The cost of forgetting one message and one session (bytes erased, archive rewritten) at N chunks."""
     _setup_logging(verbose)
@@ -570,15 +576,15 @@ def bench_recall(
     queries: int = typer.Option(50, help="Searches timed at each archive size."),
     batch: int = typer.Option(512, help="Evicted spans per Archive.write call when bulk-loading."),
     seed: int = typer.Option(0, help="Seed of the synthetic conversations."),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    out: Path = OutOption,
     name: str = typer.Option("recall", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
-    work_dir: Path | None = typer.Option(None, help="Where the temporary archives go (default: under OUT)."),
-    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    work_dir: Path | None = WorkDirOption,
+    threads: int | None = ThreadsOption,
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """Recall of evicted facts (streamrag vs. StreamingLLM vs. sliding window vs. ceiling), plus archive costs.
 
@@ -680,15 +686,15 @@ def bench_memory(
     others: int = typer.Option(0, help="Chunks in other sessions of the same store during the cost part."),
     queries: int = typer.Option(50, help="Recalls timed at each size."),
     seed: int = typer.Option(0, help="Seed of the generated conversations."),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Output folder."),
+    out: Path = OutOption,
     name: str = typer.Option("memory", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
-    work_dir: Path | None = typer.Option(None, help="Where the temporary archives go (default: under OUT)."),
-    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's own choice)."),
+    work_dir: Path | None = WorkDirOption,
+    threads: int | None = ThreadsOption,
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str | None = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """Evidence recall on long dated two-person conversations, per question kind, against three baselines.
 

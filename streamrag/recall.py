@@ -68,10 +68,17 @@ VECTOR_CACHE = 512
 CHANGED_SLACK = 0.3
 # Words with which people say that a fact changed.
 _CHANGE = re.compile(
-    r"\b(now|anymore|any more|no longer|not any ?more|changed?|switched|moved|new|these days|instead|"
-    r"reassigned|updated?|replaced|since then|from now on|actually)\b",
+    r"(?<!for )(?<!right )(?<!just )(?<!until )(?<!by )\bnow\b(?! and then| that)|"
+    r"\b(nowadays|these days|anymore|any more|no longer|changed?|changing|switch(?:ed)?|swapped|moved|"
+    r"instead|reassigned|updated?|replaced|since then|from now on|quit)\b",
     re.IGNORECASE,
 )
+# Words with which a question asks about the present state of something ("... now?", "current ...").
+_ASKS_CURRENT = re.compile(r"\b(now|nowadays|currently|current|these days|at the moment|still|latest|anymore)\b", re.I)
+# When a question asks about the present, statements that say something changed score this much higher.
+CHANGED_BOOST = 0.1
+# ... and the newest candidate this much (the oldest none, linearly between).
+RECENCY_BOOST = 0.05
 # At most this many messages of the window are embedded to look for newer versions of recalled facts.
 WINDOW_CANDIDATES = 8
 
@@ -295,6 +302,19 @@ class RecallPolicy:
                 score += settings.time_boost
             if memory.chunk_id not in best or best[memory.chunk_id].score < score:
                 best[memory.chunk_id] = replace(memory, score=score)
+        if _ASKS_CURRENT.search(message) and best:
+            # "... now?": a statement that says something changed, and a newer one, is likelier the answer.
+            times = [m.created_at for m in best.values()]
+            span = max(max(times) - min(times), 1.0)
+            best = {
+                cid: replace(
+                    m,
+                    score=m.score
+                    + (CHANGED_BOOST if _CHANGE.search(m.text) else 0.0)
+                    + RECENCY_BOOST * (m.created_at - min(times)) / span,
+                )
+                for cid, m in best.items()
+            }
         if named and settings.speaker_boost:
             best = {cid: replace(m, score=m.score + settings.speaker_boost) if m.speaker in named else m
                     for cid, m in best.items()}  # fmt: skip

@@ -50,6 +50,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from streamrag.bench.conversations import MONTHS
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("single_hop", "multi_hop", "temporal", "update", "paraphrase", "exact_code", "inference")
@@ -118,20 +120,7 @@ class Dialogue:
 
 # -- dates said relatively -----------------------------------------------------------------------------------------
 
-_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
+_MONTHS = MONTHS
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DAYS_AGO = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 # Longest alternatives first, so "the day before yesterday" is one expression, not a "yesterday".

@@ -265,7 +265,7 @@ class BM25Turns:
         return fill_budget(ranked, budget_tokens, count_tokens)
 
 
-class LlamaIndexStyle:
+class LlamaIndexStyle(DenseTurns):
     """LlamaIndex ``VectorMemory`` defaults: query = the last five messages, top two turns, nothing more.
 
     The query includes the question (the last of ``recent``), so a question
@@ -274,12 +274,6 @@ class LlamaIndexStyle:
     """
 
     name = "llamaindex_style"
-
-    def __init__(self, embed: Embed) -> None:
-        self._index = _DenseIndex(embed)
-
-    def add(self, turns: Sequence[IndexedTurn]) -> None:
-        self._index.add(turns)
 
     def retrieve(
         self, question: str, recent: Sequence[str], budget_tokens: int, count_tokens: Callable[[str], int]

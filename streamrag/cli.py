@@ -675,7 +675,9 @@ def bench_recall(
 
 @bench_app.command("memory")
 def bench_memory(
-    dialogues: int = typer.Option(3, help="Long conversations between two named people, each its own session."),
+    dialogues: int = typer.Option(
+        3, help="Long conversations between two named people, each its own session; 0: only the cost part."
+    ),
     sessions: int = typer.Option(24, help="Dated sessions per conversation."),
     turns_per_session: int = typer.Option(16, help="Turns per session."),
     answers: bool = typer.Option(True, help="Let the model answer each question from each system's block."),
@@ -709,8 +711,10 @@ def bench_memory(
     except ValueError as exc:
         console.print(f"[red]error:[/red] --sizes: {exc}")
         raise typer.Exit(2) from None
-    if dialogues < 1 or sessions < 2 or turns_per_session < 8:
-        console.print("[red]error:[/red] need at least 1 dialogue, 2 sessions and 8 turns per session")
+    if dialogues < 0 or sessions < 2 or turns_per_session < 8 or (dialogues == 0 and not size_list):
+        console.print(
+            "[red]error:[/red] need 2+ sessions of 8+ turns, and dialogues (0 runs only the cost part, with --sizes)"
+        )
         raise typer.Exit(2)
     cfg = load_config(config, **{"model.spec": model, "model.device": device, "model.dtype": dtype})
     from streamrag.bench.memory import SYSTEMS, run_memory
@@ -736,14 +740,13 @@ def bench_memory(
     )
     from streamrag.bench.dialogues import KINDS
 
-    table = Table(title=f"evidence recall, {result['settings']['questions']} questions")
-    for column in ("system", "overall", "evicted only", *KINDS, "tokens", "accuracy"):
-        table.add_column(column, justify="left" if column == "system" else "right")
-
     def cell(value):
         return "-" if value is None else f"{value:.2f}"
 
-    for system in SYSTEMS:
+    table = Table(title=f"evidence recall, {result['settings']['questions']} questions")
+    for column in ("system", "overall", "evicted only", *KINDS, "tokens", "accuracy"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for system in [s for s in SYSTEMS if s in result]:
         entry = result[system]
         kinds = [cell(entry["by_kind"][kind]["evidence_recall"]) for kind in KINDS]
         table.add_row(
@@ -754,12 +757,13 @@ def bench_memory(
             f"{entry['tokens']:.0f}",
             cell(entry["answer_accuracy"]),
         )
-    Console().print(table)
-    entry = result["streamrag"]
-    console.print(
-        f"search(k=10) {cell(entry['search_k10'])}; newest value first {cell(entry['newest_first'])}; "
-        f"recall p50 {result['recall_ms']['p50']} ms, p95 {result['recall_ms']['p95']} ms"
-    )
+    if "streamrag" in result:
+        Console().print(table)
+        entry = result["streamrag"]
+        console.print(
+            f"search(k=10) {cell(entry['search_k10'])}; newest value first {cell(entry['newest_first'])}; "
+            f"recall p50 {result['recall_ms']['p50']} ms, p95 {result['recall_ms']['p95']} ms"
+        )
     for size, cost in result["cost"].items():
         console.print(
             f"{int(size):,} chunks (+{cost['chunks_in_other_sessions']:,} elsewhere): recall p50 "

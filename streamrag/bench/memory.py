@@ -374,7 +374,11 @@ def run_memory(
     work = Path(tempfile.mkdtemp(prefix="memory-bench-", dir=work_dir or out))
     try:
         built = build_dialogues(dialogues, seed=seed, sessions=sessions, turns_per_session=turns_per_session)
-        quality = run_quality(model, tokenizer, base, work / "quality", built, answers, max_new_tokens, progress)
+        quality = (
+            run_quality(model, tokenizer, base, work / "quality", built, answers, max_new_tokens, progress)
+            if built
+            else {"budget_tokens": None, "recall_ms": None, "ingest_tokens_per_second": None}
+        )
         cost = run_cost(base, work / "cost", sizes or [], others, queries, seed) if sizes else {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -394,7 +398,7 @@ def run_memory(
             "recall": base.recall.model_dump(),
             "lexical_weight": base.archive.lexical_weight,
         },
-        **{system: quality[system] for system in SYSTEMS},
+        **{system: quality[system] for system in SYSTEMS if system in quality},
         "recall_ms": quality["recall_ms"],
         "ingest_tokens_per_second": quality["ingest_tokens_per_second"],
         "cost": cost,
@@ -408,36 +412,43 @@ def run_memory(
 
 def plot(result: dict[str, Any], path: Path) -> Path:
     """Evidence recall per kind for each system (and tokens used); recall cost by archive size."""
-    figure, axes = new_figure(13, 4.2, ncols=2 if result["cost"] else 1)
-    axes = list(np.atleast_1d(axes))
+    panels = [draw for draw, shown in ((_plot_quality, "streamrag" in result), (_plot_cost, result["cost"])) if shown]
+    figure, axes = new_figure(6.5 * len(panels), 4.2, ncols=len(panels))
+    for draw, axis in zip(panels, np.atleast_1d(axes)):
+        draw(axis, result)
+    return save_figure(figure, path)
+
+
+def _plot_quality(axis, result: dict[str, Any]) -> None:
     kinds = [*KINDS, "overall"]
     width = 0.8 / len(SYSTEMS)
     for i, system in enumerate(SYSTEMS):
         entry = result[system]
         values = [entry["by_kind"][k]["evidence_recall"] or 0.0 for k in KINDS] + [entry["evidence_recall"] or 0.0]
-        axes[0].bar(
+        axis.bar(
             np.arange(len(kinds)) + i * width - 0.4 + width / 2,
             values,
             width,
             label=f"{system} ({entry['tokens']:.0f} tok)",
         )
-    axes[0].axhline(0.75, color="grey", linestyle=":", linewidth=1)
-    axes[0].set_xticks(np.arange(len(kinds)), [k.replace("_", "\n") for k in kinds], fontsize=8)
-    axes[0].set_ylim(0, 1.05)
-    axes[0].set_ylabel("questions with evidence in context")
-    axes[0].set_title(f"evidence recall, {result['settings']['questions']} questions")
-    axes[0].legend(fontsize=7, loc="lower right")
-    if result["cost"]:
-        sizes = sorted(result["cost"], key=int)
-        xs = [int(s) for s in sizes]
-        axes[1].plot(xs, [result["cost"][s]["recall_ms"]["p95"] for s in sizes], "o-", label="p95 warm")
-        axes[1].plot(xs, [result["cost"][s]["recall_ms"]["p50"] for s in sizes], "o--", label="p50 warm")
-        axes[1].plot(xs, [result["cost"][s]["after_write_ms"]["p95"] for s in sizes], "s-", label="p95 after a write")
-        axes[1].axhline(50, color="grey", linestyle=":", linewidth=1)
-        axes[1].set_xscale("log")
-        axes[1].set_xlabel("chunks in the session")
-        axes[1].set_ylabel("one recall, ms")
-        others = result["cost"][sizes[-1]]["chunks_in_other_sessions"]
-        axes[1].set_title(f"recall cost ({others:,} chunks in other sessions)")
-        axes[1].legend(fontsize=7)
-    return save_figure(figure, path)
+    axis.axhline(0.75, color="grey", linestyle=":", linewidth=1)
+    axis.set_xticks(np.arange(len(kinds)), [k.replace("_", "\n") for k in kinds], fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("questions with evidence in context")
+    axis.set_title(f"evidence recall, {result['settings']['questions']} questions")
+    axis.legend(fontsize=7, loc="lower right")
+
+
+def _plot_cost(axis, result: dict[str, Any]) -> None:
+    sizes = sorted(result["cost"], key=int)
+    xs = [int(s) for s in sizes]
+    axis.plot(xs, [result["cost"][s]["recall_ms"]["p95"] for s in sizes], "o-", label="p95 warm")
+    axis.plot(xs, [result["cost"][s]["recall_ms"]["p50"] for s in sizes], "o--", label="p50 warm")
+    axis.plot(xs, [result["cost"][s]["after_write_ms"]["p95"] for s in sizes], "s-", label="p95 after a write")
+    axis.axhline(50, color="grey", linestyle=":", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_xlabel("chunks in the session")
+    axis.set_ylabel("one recall, ms")
+    others = result["cost"][sizes[-1]]["chunks_in_other_sessions"]
+    axis.set_title(f"recall cost ({others:,} chunks in other sessions)")
+    axis.legend(fontsize=7)

@@ -14,14 +14,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_the_memory_benchmark_compares_streamrag_with_its_baselines(embedded, data_dir, tmp_path):
     model, tokenizer = embedded
     # A small window, so that most of even a short conversation is evicted and has to be recalled.
-    base = StreamRAGConfig(data_dir=data_dir, cache={"sink_tokens": 4, "window_tokens": 252, "evict_chunk": 32})
+    base = StreamRAGConfig(
+        data_dir=data_dir,
+        cache={"sink_tokens": 4, "window_tokens": 508, "evict_chunk": 32},
+        recall={"budget_fraction": 0.3},  # room for a few lines: ~150 tokens
+    )
     result = run_memory(
         model,
         tokenizer,
         base,
         tmp_path / "out",
         dialogues=1,
-        sessions=6,
+        sessions=8,
         turns_per_session=12,
         answers=False,
         sizes=[300],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from streamrag.history import HistoryMessage, normalise, plan_sync
 
 HELD = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!")]
@@ -50,12 +52,12 @@ def test_pairs_dicts_and_history_messages_are_all_accepted():
 
 
 def test_framework_messages_bring_their_speaker_and_time():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from langchain_core.messages import AIMessage, HumanMessage
     from langchain_streamrag._common import to_history
 
-    when = datetime(2023, 5, 8, 14, 0, tzinfo=timezone.utc)
+    when = datetime(2023, 5, 8, 14, 0, tzinfo=UTC)
     history = to_history(
         [
             HumanMessage("I ran a half marathon", name="Maya", additional_kwargs={"timestamp": when.isoformat()}),

@@ -19,7 +19,9 @@ thing was said. The policy, in order:
 4. **Versions of one fact.** Memories this similar to each other
    (``update_similarity``) are taken as versions of one fact: the newest
    ranks first and older ones are marked ``(earlier)`` in the block, never
-   silently dropped (the user may ask what it used to be).
+   silently dropped (the user may ask what it used to be). A question
+   about the present ("... now?", "current") prefers statements that say
+   something changed, and newer ones.
 5. **Budget.** Best first, up to ``top_k`` memories within a share of the
    window; a short line brings the turn before it (and a recalled question
    the turn after it) from the transcript, when it fits.

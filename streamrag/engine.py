@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers.generation.logits_process import (
@@ -41,6 +42,10 @@ from streamrag.prompt import ChatFormat, RenderedMessage
 from streamrag.rope import key_rotation_for
 from streamrag.self_extend import SelfExtend, applied, self_extend_for
 from streamrag.text import ROLES, MessageError, check_message
+from streamrag.tools import ToolFormat
+
+if TYPE_CHECKING:
+    from streamrag.grammar import Constraint, GrammarCompiler
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +235,8 @@ class StreamingLM:
         self.format = ChatFormat(tokenizer)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self._subscribers: list[EvictionSubscriber] = []
+        self._tool_format: ToolFormat | None = None
+        self._grammar: GrammarCompiler | None = None
         self.reset()
 
     # -- construction ---------------------------------------------------
@@ -326,21 +333,44 @@ class StreamingLM:
             parts.append((ref, content, self.format.message(role, content, first=first)))
         return self._prefill(parts)
 
-    def stream_chat(self, text: str, *, message_id: str | None = None, **generation) -> Generation:
-        """Add a user message (prefilled now) and return its reply as a :class:`Generation` to iterate."""
+    def stream_chat(
+        self, text: str, *, message_id: str | None = None, constraint: Constraint | None = None, **generation
+    ) -> Generation:
+        """Add a user message (prefilled now) and return its reply as a :class:`Generation` to iterate.
+
+        ``constraint`` (from :meth:`grammar`) masks every decoding step: a JSON
+        schema, or tool calls.
+        """
         prefill = self.add_message("user", text, message_id=message_id, generation_prompt=True)
-        return self._generation(generation, prefill, close_turn=True)
+        return self._generation(generation, prefill, close_turn=True, constraint=constraint)
 
     def chat(self, text: str, **generation) -> str:
         """Add a user message and return the whole reply."""
         return "".join(self.stream_chat(text, **generation))
 
-    def stream_reply(self, **generation) -> Generation:
+    def stream_reply(self, *, constraint: Constraint | None = None, **generation) -> Generation:
         """A reply to the messages added so far (opens the assistant turn itself), as a :class:`Generation`."""
         prompt = self.format.control_ids(self.format.generation_prompt)
         ref = MessageRef(uuid.uuid4().hex, "assistant")
         prefill = self._prefill([(ref, "", RenderedMessage(prompt, [(0, 0)] * len(prompt)))], keep_open=True)
-        return self._generation(generation, prefill, close_turn=True, ref=ref)
+        return self._generation(generation, prefill, close_turn=True, ref=ref, constraint=constraint)
+
+    # -- tools and grammars ---------------------------------------------
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How this model reads tools and spells its calls (its own template's way, or the generic one)."""
+        if self._tool_format is None:
+            self._tool_format = ToolFormat.for_tokenizer(self.tokenizer)
+        return self._tool_format
+
+    def grammar(self) -> GrammarCompiler:
+        """The grammar compiler for this model's tokenizer (built on first use, a fraction of a second)."""
+        if self._grammar is None:
+            vocab_size = self.model.config.get_text_config(decoder=True).vocab_size
+            from streamrag.grammar import compiler_for
+
+            self._grammar = compiler_for(self.tokenizer, vocab_size, sorted(self.eos_token_ids))
+        return self._grammar
 
     def stream_completion(self, prompt: str, **generation) -> Generation:
         """Plain continuation of ``prompt`` (no chat template), as a :class:`Generation`."""
@@ -389,11 +419,16 @@ class StreamingLM:
         check_message(role, content, self.config.max_message_chars, ROLES)
 
     def _generation(
-        self, overrides: dict, prefill: Prefill, close_turn: bool, ref: MessageRef | None = None
+        self,
+        overrides: dict,
+        prefill: Prefill,
+        close_turn: bool,
+        ref: MessageRef | None = None,
+        constraint: Constraint | None = None,
     ) -> Generation:
         ref = ref or self._open_reply()
         stats = TurnStats(prefilled_tokens=prefill.tokens, prefill_seconds=prefill.seconds)
-        pieces = self._generate(ref, overrides, stats, close_turn)
+        pieces = self._generate(ref, overrides, stats, close_turn, constraint)
         return Generation(ref.message_id, pieces, stats, lambda: self._close_reply(ref, stats, 0, close_turn))
 
     def _prefill(
@@ -539,7 +574,9 @@ class StreamingLM:
         merged = self.config.generation.model_dump() | {k: v for k, v in overrides.items() if v is not None}
         return GenerationSettings.model_validate(merged)
 
-    def _generate(self, ref: MessageRef, overrides: dict, stats: TurnStats, close_turn: bool) -> Iterator[str]:
+    def _generate(
+        self, ref: MessageRef, overrides: dict, stats: TurnStats, close_turn: bool, constraint: Constraint | None
+    ) -> Iterator[str]:
         settings = self._generation_settings(overrides)
         processors = _processors(settings)
         generator = None
@@ -554,10 +591,12 @@ class StreamingLM:
             if logits is None:
                 raise RuntimeError("nothing to continue from: feed a message before generating")
             for _ in range(settings.max_new_tokens):
-                token = self._sample(logits, processors, settings, generator)
-                if token in self.eos_token_ids and not settings.ignore_eos:
+                token = self._sample(logits, processors, settings, generator, constraint)
+                if token in self.eos_token_ids and (not settings.ignore_eos or constraint is not None):
                     stats.stop_reason = "eos"
                     break
+                if constraint is not None:
+                    constraint.accept(token)
                 piece = decoder.step(token)
                 self.ledger.extend_text(ref.message_id, piece)
                 self._make_room(1)
@@ -597,8 +636,13 @@ class StreamingLM:
         else:
             self.ledger.close_message(ref.message_id)
 
-    def _sample(self, logits: torch.Tensor, processors, settings: GenerationSettings, generator) -> int:
+    def _sample(
+        self, logits: torch.Tensor, processors, settings: GenerationSettings, generator, constraint=None
+    ) -> int:
         scores = logits.unsqueeze(0)
+        if constraint is not None:
+            # Masked first, so top-k/top-p choose among tokens the grammar allows.
+            scores = constraint.mask(scores.clone())
         if settings.repetition_penalty != 1.0 and settings.repetition_window > 0:
             recent = self.ledger.token_ids(-settings.repetition_window)
             if recent:

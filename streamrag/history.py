@@ -19,7 +19,9 @@ engine refuses to feed them, so they can never be part of what a session holds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from streamrag.tools import HERMES, ToolCall, ToolSyntax
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class HistoryMessage:
     content: str
     name: str | None = field(default=None, compare=False)
     timestamp: float | None = field(default=None, compare=False)
+    tool_calls: tuple[ToolCall, ...] = field(default=(), compare=False)
+    """An assistant message's calls, from a framework; :func:`normalise` writes them into ``content``."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,15 @@ def as_message(message: HistoryMessage | tuple | Mapping[str, str]) -> HistoryMe
     if isinstance(message, HistoryMessage):
         return message
     if isinstance(message, Mapping):
-        return HistoryMessage(str(message["role"]), message["content"], message.get("name"), message.get("timestamp"))
+        calls = tuple(_tool_call_of(call) for call in message.get("tool_calls") or ())
+        content = message.get("content")
+        return HistoryMessage(
+            str(message["role"]),
+            "" if content is None and calls else content,
+            message.get("name"),
+            message.get("timestamp"),
+            calls,
+        )
     if len(message) == 2:
         role, content = message
         return HistoryMessage(str(role), content)
@@ -86,16 +98,53 @@ def as_message(message: HistoryMessage | tuple | Mapping[str, str]) -> HistoryMe
     return HistoryMessage(str(role), content, rest[0] if rest else None, timestamp)
 
 
-def normalise(messages: Iterable[HistoryMessage | tuple[str, str] | Mapping[str, str]]) -> list[HistoryMessage]:
-    """Accept ``HistoryMessage``, ``(role, content)`` pairs or ``{"role", "content"}`` dicts; drop blank ones."""
-    result = [as_message(message) for message in messages]
+def _tool_call_of(call: ToolCall | Mapping) -> ToolCall:
+    """A call from itself, OpenAI's ``{"id", "function": {"name", "arguments": "<json>"}}`` or LangChain's
+    ``{"id", "name", "args"}``."""
+    import json
+    import uuid
+
+    if isinstance(call, ToolCall):
+        return call
+    function = call.get("function") or call
+    arguments = function.get("arguments", function.get("args", {}))
+    if isinstance(arguments, str):
+        arguments = json.loads(arguments) if arguments.strip() else {}
+    return ToolCall(str(function["name"]), dict(arguments), str(call.get("id") or "call_" + uuid.uuid4().hex[:24]))
+
+
+def normalise(
+    messages: Iterable[HistoryMessage | tuple[str, str] | Mapping[str, str]], syntax: ToolSyntax = HERMES
+) -> list[HistoryMessage]:
+    """Accept ``HistoryMessage``, ``(role, content)`` pairs or ``{"role", "content"}`` dicts; drop blank ones.
+
+    An assistant message's tool calls are written into its content as the
+    model spells them (``syntax``): that text is what the model saw.
+    """
+    result = []
+    for message in messages:
+        message = as_message(message)
+        if message.tool_calls:
+            calls = [_tool_call_of(call) for call in message.tool_calls]
+            message = replace(message, content=syntax.render(message.content or "", calls), tool_calls=())
+        result.append(message)
     return [m for m in result if not (isinstance(m.content, str) and not m.content.strip())]
 
 
-def plan_sync(held: Iterable, incoming: Iterable) -> SyncPlan:
+def comparable(message: HistoryMessage, syntax: ToolSyntax = HERMES) -> tuple[str, str]:
+    """What must agree for two messages to be the same: role and text, a reply's tool calls compared parsed
+    (a client writes back a call with its own whitespace)."""
+    if message.role == "assistant" and syntax.begin and syntax.begin.strip() in message.content:
+        return message.role, syntax.canonical(message.content)
+    return message.role, message.content
+
+
+def plan_sync(held: Iterable, incoming: Iterable, syntax: ToolSyntax = HERMES) -> SyncPlan:
     """Extend when ``incoming`` starts with all of ``held``; otherwise the session must fork."""
-    held = normalise(held)
-    incoming = normalise(incoming)
-    if len(incoming) >= len(held) and incoming[: len(held)] == held:
+    held = normalise(held, syntax)
+    incoming = normalise(incoming, syntax)
+    if len(incoming) >= len(held) and all(
+        comparable(a, syntax) == comparable(b, syntax) for a, b in zip(held, incoming[: len(held)])
+    ):
         return SyncPlan(rebuild=False, new=tuple(incoming[len(held) :]))
     return SyncPlan(rebuild=True, new=tuple(incoming))

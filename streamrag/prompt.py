@@ -88,12 +88,31 @@ class ChatFormat:
             if not full.startswith(before):
                 raise TemplateError("the chat template's assistant turn does not start with its generation prompt")
             text = full[len(before) :]
+        elif role == "tool":
+            return self._tool_framing(message)
         else:
             text = self._render_delta(_ANCHOR_BEFORE_USER, message)
         if text.count(_SENTINEL) != 1:
             raise TemplateError(f"the chat template does not place a {role} message's content verbatim")
         prefix, suffix = text.split(_SENTINEL)
         return prefix, suffix
+
+    def _tool_framing(self, message: dict) -> tuple[str, str]:
+        """A tool result's framing: the template's own ``tool`` role, else a user turn around ``<tool_response>``.
+
+        Templates that know tools (Qwen2.5, Llama 3.x) frame results their
+        own way; strict ones that refuse the role get the generic Hermes
+        wrapping the tool instructions describe (:mod:`streamrag.tools`).
+        """
+        try:
+            text = self._render_delta(_ANCHOR_BEFORE_USER, message)
+            if text.count(_SENTINEL) == 1:
+                prefix, suffix = text.split(_SENTINEL)
+                return prefix, suffix
+        except TemplateError:
+            pass
+        prefix, suffix = self.framing("user", first=False)
+        return prefix + "<tool_response>\n", "\n</tool_response>" + suffix
 
     @property
     def generation_prompt(self) -> str:

@@ -37,16 +37,20 @@ from streamrag.chunking import Chunk
 from streamrag.config import ConfigError, StreamRAGConfig, set_dotted
 from streamrag.engine import FLAT_SETTINGS, CacheStats, Generation, StreamingLM, TurnStats, config_from_settings
 from streamrag.forgetting import Forgotten
-from streamrag.history import HistoryMessage, as_message, normalise, plan_sync
+from streamrag.history import HistoryMessage, as_message, comparable, normalise, plan_sync
 from streamrag.indexer import Indexer
 from streamrag.ledger import EvictedSpan
 from streamrag.recall import RecallPolicy, RecallResult
+from streamrag.structured import TurnPlan, plan_turn
 from streamrag.text import MessageError
+from streamrag.tools import ToolCall
 from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, title_of
 
 logger = logging.getLogger(__name__)
 
 MEMORY_ROLE = "memory"  # how injected memory blocks are recorded in the transcript (never re-fed)
+TOOLS_ROLE = "tool_spec"  # how the tools' instructions are recorded (never re-fed: a turn with tools feeds them)
+CONTEXT_ROLES = (MEMORY_ROLE, TOOLS_ROLE)  # what the session put into the context itself, not the conversation
 # What one session may set for itself; the model, archive and data directory are shared by all sessions.
 SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
 BUSY_GRACE_S = 0.5  # the model counts as in use this long after its last step (the gap between two tokens)
@@ -239,8 +243,10 @@ class Reply(Iterator[str]):
         user_message_id: str | None = None,
         recall: RecallResult | None = None,
         sync: SyncResult | None = None,
+        plan: TurnPlan | None = None,
     ):
         self.assistant = assistant
+        self.plan = plan or TurnPlan()
         self.message_id = generation.message_id
         self.user_message_id = user_message_id
         self.turn = turn
@@ -295,6 +301,34 @@ class Reply(Iterator[str]):
     @property
     def stop_reason(self) -> str:
         return self._generation.stop_reason
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls in the reply (when the turn offered tools), in order; read once the reply is done."""
+        return self._parsed()[1]
+
+    @property
+    def content(self) -> str:
+        """The reply's text without its tool calls (all of :attr:`text` when it has none)."""
+        return self._parsed()[0]
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's name for why the reply ended: stop, length, tool_calls (or interrupted)."""
+        if self.tool_calls:
+            return "tool_calls"
+        return {"eos": "stop", "stop": "stop"}.get(self.stop_reason, self.stop_reason)
+
+    def _parsed(self) -> tuple[str, list[ToolCall]]:
+        if not self.plan.tools:
+            return self.text, []
+        cached = getattr(self, "_parsed_cache", None)
+        if cached is None or cached[0] != len(self.text):
+            content, calls = self.assistant.lm.tool_format.syntax.parse(self.text)
+            cached = (len(self.text), content, calls)
+            if self._done:
+                self._parsed_cache = cached
+        return cached[1], cached[2]
 
     @property
     def recall_unavailable(self) -> bool:
@@ -366,6 +400,7 @@ class Assistant:
         self._lock = threading.RLock()  # one step of this session at a time (a turn, a token, a sync)
         self._reply_ended = threading.Condition(self._lock)  # notified when the open reply ends
         self._stop = threading.Event()  # set by stop(): the reply in progress ends after its current token
+        self._tools_fed: tuple[str, str] | None = None  # (instructions key, message id) of the tools last fed
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -464,7 +499,7 @@ class Assistant:
                 m.created_at,
             )
             for m in self.transcript.messages(self.session_id, include_superseded=True)
-            if m.role != MEMORY_ROLE
+            if m.role not in CONTEXT_ROLES
             and m.message_id not in fed
             and not m.meta.get("forgotten_at")
             and ends.get(m.message_id, 0) < len(m.content)
@@ -484,7 +519,7 @@ class Assistant:
         Whatever is not re-fed is logged for the archive first. Returns the
         tokens prefilled. Called with the session's lock held.
         """
-        messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
+        messages = [m for m in self.transcript.messages(self.session_id) if m.role not in CONTEXT_ROLES]
         opening = messages[0] if messages and messages[0].role == "system" else None
         rest = messages[1:] if opening else messages
         budget = int(REFEED_SHARE * self.config.cache.window_tokens)
@@ -600,23 +635,77 @@ class Assistant:
             self._title_from(users[0].content)
         return [m.message_id for m in stored]
 
-    def stream(self, text: str, *, timestamp: float | None = None, name: str | None = None, **generation) -> Reply:
+    def stream(
+        self,
+        text: str,
+        *,
+        timestamp: float | None = None,
+        name: str | None = None,
+        tools=None,
+        tool_choice=None,
+        response_format=None,
+        **generation,
+    ) -> Reply:
         """Answer a user message: recall, prefill, and a :class:`Reply` to iterate for the answer.
 
         The message is durable in the transcript before anything else
         happens; if recall or the prefill fails, it is taken back (nothing is
         left behind) and the error is raised here. ``timestamp`` and ``name``
         are as in :meth:`add_message`.
+
+        ``tools`` (OpenAI-style specs or :class:`~streamrag.tools.Tool`) are
+        shown to the model, and ``tool_choice`` ("auto", "none", "required",
+        or a tool's name) says whether it may or must call one; the calls come
+        back as ``reply.tool_calls``, their arguments valid under each tool's
+        schema (constrained decoding). ``response_format`` (a JSON schema,
+        OpenAI's ``json_schema``/``json_object``, or a pydantic model) makes
+        the reply one valid JSON value. See :mod:`streamrag.structured`.
         """
         self.lm.check_message("user", text)
         _check_name(name)
+        plan = plan_turn(self.lm, tools, tool_choice, response_format)
         with self._lock:
             self._finish_open_reply()
             self._start()
-            return self._answer(HistoryMessage("user", text, name, timestamp), generation)
+            return self._answer(HistoryMessage("user", text, name, timestamp), generation, plan=plan)
 
-    def _answer(self, message: HistoryMessage | str, generation: dict, sync: SyncResult | None = None) -> Reply:
+    def _offer_tools(self, plan: TurnPlan) -> None:
+        """Feed the tools' instructions unless the cache already holds these very ones, whole.
+
+        They are recorded in the transcript (role ``tool_spec``) for the audit
+        trail but never archived or re-fed: a later turn with tools feeds them
+        again once they have left the window. Called with the lock held.
+        """
+        key = plan.instructions_key
+        if key is None:
+            return
+        held = self._tools_fed
+        if held is not None and held[0] == key:
+            resident = self.lm.ledger.resident_ranges().get(held[1])
+            if resident is not None and resident[0] == 0:
+                return
+        text = plan.instructions
+        assert text is not None
+        row = self.transcript.append(self.session_id, TOOLS_ROLE, text, self.turn, meta={"tools": key})
+        try:
+            with self.resources.using_model():
+                self.lm.add_message("system", text, message_id=row.message_id, archive=False)
+        except BaseException:
+            if row.message_id not in self.lm.ledger:
+                self.transcript.delete_message(row.message_id)
+            raise
+        self._tools_fed = (key, row.message_id)
+
+    def _answer(
+        self,
+        message: HistoryMessage | str,
+        generation: dict,
+        sync: SyncResult | None = None,
+        plan: TurnPlan | None = None,
+    ) -> Reply:
         message = message if isinstance(message, HistoryMessage) else HistoryMessage("user", message)
+        plan = plan or TurnPlan()
+        self._offer_tools(plan)
         text = message.content
         turn = self.turn + 1
         meta = {"name": message.name} if message.name else None
@@ -632,7 +721,8 @@ class Assistant:
                     block = self.transcript.append(self.session_id, MEMORY_ROLE, recall.block, turn, meta=quoted)
                     block_id = block.message_id
                     self.lm.add_message("system", recall.block, message_id=block_id, archive=False)
-                reply = self.lm.stream_chat(text, message_id=stored.message_id, **generation)
+                constraint = plan.make_constraint()
+                reply = self.lm.stream_chat(text, message_id=stored.message_id, constraint=constraint, **generation)
         except BaseException:
             # Nothing of the turn reached the model (or only what an eviction already logged): take back the rest.
             for message_id in (stored.message_id, block_id):
@@ -641,7 +731,7 @@ class Assistant:
             raise
         self._title_from(text)
         self.turn = turn
-        return self._open(Reply(self, reply, turn, stored.message_id, recall, sync))
+        return self._open(Reply(self, reply, turn, stored.message_id, recall, sync, plan))
 
     def _open(self, reply: Reply) -> Reply:
         """A reply starts: it is the session's open reply, said now, and an earlier stop() does not apply."""
@@ -667,7 +757,9 @@ class Assistant:
             window = [
                 m
                 for m in tail
-                if m.role != MEMORY_ROLE and m.message_id != exclude and resident.get(m.message_id, (1, 0))[0] == 0
+                if m.role not in CONTEXT_ROLES
+                and m.message_id != exclude
+                and resident.get(m.message_id, (1, 0))[0] == 0
             ]
         recent = [m.content for m in window[-settings.context_messages :]] if settings.context_messages else []
         return self.recall_policy.recall(
@@ -704,17 +796,26 @@ class Assistant:
         """
         self._stop.set()
 
-    def stream_reply(self, **generation) -> Reply:
-        """Answer the messages added so far, whatever the last one's role (no recall: there is no new query)."""
+    def stream_reply(self, *, tools=None, tool_choice=None, response_format=None, **generation) -> Reply:
+        """Answer the messages added so far, whatever the last one's role (no recall: there is no new query).
+
+        After a tool's result (``add_message("tool", ...)``) this is the reply that uses it.
+        ``tools``, ``tool_choice`` and ``response_format`` are as in :meth:`stream`.
+        """
+        plan = plan_turn(self.lm, tools, tool_choice, response_format)
         with self._lock:
             self._finish_open_reply()
             self._start()
-            return self._answer_without_message(generation)
+            return self._answer_without_message(generation, plan=plan)
 
-    def _answer_without_message(self, generation: dict, sync: SyncResult | None = None) -> Reply:
+    def _answer_without_message(
+        self, generation: dict, sync: SyncResult | None = None, plan: TurnPlan | None = None
+    ) -> Reply:
+        plan = plan or TurnPlan()
+        self._offer_tools(plan)
         with self.resources.using_model():
-            reply = self.lm.stream_reply(**generation)
-        return self._open(Reply(self, reply, self.turn, sync=sync))
+            reply = self.lm.stream_reply(constraint=plan.make_constraint(), **generation)
+        return self._open(Reply(self, reply, self.turn, sync=sync, plan=plan))
 
     def undo(self) -> str | None:
         """Take back the last exchange: the last user message and everything after it.
@@ -766,7 +867,7 @@ class Assistant:
         return [
             HistoryMessage(m.role, m.content)
             for m in self.transcript.messages(self.session_id)
-            if m.role != MEMORY_ROLE
+            if m.role not in CONTEXT_ROLES
         ]
 
     def sync(self, messages) -> SyncResult:
@@ -780,20 +881,21 @@ class Assistant:
         cache is rewound to the fork when it still holds it, else rebuilt.
         Nothing is deleted. See :mod:`streamrag.history`.
         """
-        incoming = normalise(messages)
+        incoming = normalise(messages, self.lm.tool_format.syntax)
         with self._lock:
             self._finish_open_reply()
             return self._sync(incoming)
 
     def _sync(self, incoming: list[HistoryMessage]) -> SyncResult:
-        stored = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
+        stored = [m for m in self.transcript.messages(self.session_id) if m.role not in CONTEXT_ROLES]
         held = [HistoryMessage(m.role, m.content) for m in stored]
         prompt = self.config.system_prompt
         if prompt and held and held[0] == HistoryMessage("system", prompt):
             if not incoming or incoming[0].role != "system":
                 # The configured prompt the session added itself; clients need not repeat it.
                 stored, held = stored[1:], held[1:]
-        plan = plan_sync(held, incoming)
+        syntax = self.lm.tool_format.syntax
+        plan = plan_sync(held, incoming, syntax)
         before = self.lm.stats()
         if not plan.rebuild:
             if plan.new:
@@ -805,7 +907,9 @@ class Assistant:
             )
 
         common = 0
-        while common < min(len(held), len(incoming)) and held[common] == incoming[common]:
+        while common < min(len(held), len(incoming)) and comparable(held[common], syntax) == comparable(
+            incoming[common], syntax
+        ):
             common += 1
         fork_seq = stored[common - 1].seq if common else self._kept_prompt_seq()
         superseded = self.transcript.supersede_after(self.session_id, fork_seq)
@@ -833,7 +937,7 @@ class Assistant:
         return SyncResult(
             forked=True,
             rebuilt=not rewound,
-            superseded=len([m for m in superseded if m.role != MEMORY_ROLE]),
+            superseded=len([m for m in superseded if m.role not in CONTEXT_ROLES]),
             fed=len(new),
             reused_tokens=reused,
             prefilled_tokens=max(after.prefilled_tokens - before.prefilled_tokens, 0),
@@ -850,30 +954,34 @@ class Assistant:
     def _after_rewind(self, messages: list[StoredMessage] | None = None) -> None:
         """Turn number as the active transcript (or ``messages`` read from it) now says."""
         if messages is None:
-            messages = [m for m in self.transcript.messages(self.session_id) if m.role != MEMORY_ROLE]
+            messages = [m for m in self.transcript.messages(self.session_id) if m.role not in CONTEXT_ROLES]
         self.turn = max((m.turn for m in messages), default=0)
         self._started = bool(messages)
 
-    def stream_messages(self, messages, **generation) -> Reply:
+    def stream_messages(self, messages, *, tools=None, tool_choice=None, response_format=None, **generation) -> Reply:
         """Answer a whole message list: sync the session to it, then reply.
 
         A final user message is answered like :meth:`stream` (with recall);
-        otherwise the reply follows the synced messages (:meth:`stream_reply`).
-        The :class:`Reply` carries what the sync did (``reply.sync``).
+        otherwise the reply follows the synced messages (:meth:`stream_reply`),
+        e.g. after a tool's result. The :class:`Reply` carries what the sync
+        did (``reply.sync``). Assistant messages may carry ``tool_calls``
+        (OpenAI or LangChain shape); ``tools``, ``tool_choice`` and
+        ``response_format`` are as in :meth:`stream`.
         """
-        incoming = normalise(messages)
+        incoming = normalise(messages, self.lm.tool_format.syntax)
         if not incoming:
             raise MessageError("no messages to answer")
         for message in incoming:
             self.lm.check_message(message.role, message.content)
+        plan = plan_turn(self.lm, tools, tool_choice, response_format)
         with self._lock:
             self._finish_open_reply()
             if incoming[-1].role == "user":
                 sync = self._sync(incoming[:-1])
                 self._start()
-                return self._answer(incoming[-1], generation, sync)
+                return self._answer(incoming[-1], generation, sync, plan)
             sync = self._sync(incoming)
-            return self._answer_without_message(generation, sync)
+            return self._answer_without_message(generation, sync, plan)
 
     def recall(self, text: str, now: float | None = None) -> RecallResult:
         """What this session would recall for ``text`` asked at ``now`` (Unix time; default now).

@@ -11,7 +11,7 @@ somewhere deep inside.
 
 from __future__ import annotations
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class MessageError(ValueError):

@@ -49,13 +49,15 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-ROLES = ("system", "user", "assistant", "memory")
+SCHEMA_VERSION = 3
+# "tool": a tool's result, fed like any message; "memory" and "tool_spec": what the session itself put in
+# the context (recalled memories, the tools' instructions), recorded for the audit trail and never re-fed.
+ROLES = ("system", "user", "assistant", "tool", "memory", "tool_spec")
 # How long a write waits for another *process* holding the write lock (e.g. `streamrag chat`
 # next to `streamrag serve` on the same data dir) before giving up.
 BUSY_TIMEOUT_S = 30.0
 
-_SCHEMA = f"""
+_SCHEMA_TEMPLATE = f"""
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     title      TEXT,
@@ -63,7 +65,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     updated_at REAL NOT NULL,
     meta       TEXT NOT NULL DEFAULT '{{}}'
 );
-CREATE TABLE IF NOT EXISTS messages (
+CREATE TABLE IF NOT EXISTS {{messages}} (
     message_id TEXT PRIMARY KEY,
     session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
     seq        INTEGER NOT NULL,
@@ -94,8 +96,21 @@ CREATE INDEX IF NOT EXISTS evicted_pending ON evicted (seq) WHERE indexed_at IS 
 CREATE INDEX IF NOT EXISTS evicted_by_message ON evicted (message_id, char_start);
 CREATE INDEX IF NOT EXISTS evicted_by_session ON evicted (session_id);
 """
+_SCHEMA = _SCHEMA_TEMPLATE.replace("{messages}", "messages")
+_MESSAGES_TABLE = _SCHEMA_TEMPLATE.split(";")[1]
 # Schema 1 -> 2: superseded messages instead of deleted ones; the eviction log.
-_MIGRATIONS = {1: ["ALTER TABLE messages ADD COLUMN superseded_at REAL"]}
+# Schema 2 -> 3: the tool roles. SQLite cannot change a CHECK in place, so the table is copied whole,
+# inside the migration's transaction (a failure leaves the old table as it was).
+_MIGRATIONS = {
+    1: ["ALTER TABLE messages ADD COLUMN superseded_at REAL"],
+    2: [
+        _MESSAGES_TABLE.replace("{messages}", "messages_v3"),
+        "INSERT INTO messages_v3 (message_id, session_id, seq, role, content, turn, created_at, meta, superseded_at) "
+        "SELECT message_id, session_id, seq, role, content, turn, created_at, meta, superseded_at FROM messages",
+        "DROP TABLE messages",
+        "ALTER TABLE messages_v3 RENAME TO messages",
+    ],
+}
 
 _MESSAGE_COLUMNS = "message_id, session_id, seq, role, content, turn, created_at, meta, superseded_at"
 _EVICTED_COLUMNS = "seq, session_id, message_id, role, turn, char_start, char_end, text, spoken_at"

@@ -142,11 +142,3 @@ def test_the_completion_llm_streams_and_fires_token_callbacks(roomy):
     assert "".join(handler.tokens) == text
     again = llm.invoke("The three primary colours are")
     assert again == text  # greedy, and each call starts from a fresh context
-
-
-def test_tool_messages_are_refused_with_a_reason(roomy):
-    from langchain_core.messages import ToolMessage
-
-    chat = ChatStreamRAG(resources=roomy, max_tokens=4)
-    with pytest.raises(ValueError, match="no tool calling"):
-        chat.invoke([HumanMessage("hi"), AIMessage("hello"), ToolMessage("42", tool_call_id="x")])

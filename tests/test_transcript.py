@@ -166,12 +166,46 @@ def test_empty_content_is_refused(transcript, content):
 
 
 def test_unknown_role_is_refused(transcript):
-    with pytest.raises(TranscriptError, match="unknown role 'tool'"):
-        transcript.append("s", "tool", "hi", turn=1)
+    with pytest.raises(TranscriptError, match="unknown role 'function'"):
+        transcript.append("s", "function", "hi", turn=1)
 
 
-def test_memory_role_is_accepted(transcript):
-    assert transcript.append("s", "memory", "[recalled] locker 4417", turn=1).role == "memory"
+@pytest.mark.parametrize("role", ["memory", "tool", "tool_spec"])
+def test_context_and_tool_roles_are_accepted(transcript, role):
+    assert transcript.append("s", role, "[recalled] locker 4417", turn=1).role == role
+
+
+def test_a_schema_2_transcript_is_migrated_whole_and_takes_tool_messages(db_path):
+    """A database written before the tool roles existed: every row survives the table copy."""
+    import streamrag.transcript as module
+
+    old_schema = module._SCHEMA.replace("'tool', ", "").replace(", 'tool_spec'", "")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    assert "'tool'" not in old_schema
+    conn = sqlite3.connect(db_path)
+    conn.executescript(old_schema)
+    conn.execute("INSERT INTO sessions VALUES ('s', 'title', 1.0, 2.0, '{}')")
+    rows = [
+        (f"m{i}", "s", i, role, f"text {i}", i, 10.0 + i, '{"k": 1}', None)
+        for i, role in enumerate(["system", "user", "memory", "assistant"], start=1)
+    ]
+    conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # the old CHECK: no tool role
+        conn.execute("INSERT INTO messages VALUES ('x', 's', 9, 'tool', 'r', 1, 1.0, '{}', NULL)")
+    conn.close()
+
+    with Transcript(db_path) as transcript:
+        kept = transcript.messages("s")
+        assert [(m.message_id, m.seq, m.role, m.content, m.turn, m.meta) for m in kept] == [
+            (r[0], r[2], r[3], r[4], r[5], {"k": 1}) for r in rows
+        ]
+        assert transcript.append("s", "tool", '{"temp": 21}', turn=4).seq == 5
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
 
 
 def test_unserialisable_meta_is_refused(transcript):

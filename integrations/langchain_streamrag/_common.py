@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 
 from streamrag.config import StreamRAGConfig
 from streamrag.history import HistoryMessage, timestamp_of
 from streamrag.session import Resources
+from streamrag.tools import ToolCall
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
-_ROLE_NAMES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
+_ROLE_NAMES = {
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
+
+# Content blocks that spell an AI message's tool calls (Anthropic's, LangChain's standard ones).
+_CALL_BLOCKS = ("tool_use", "tool_call", "function_call")
 
 
 def resolve_resources(resources: Resources | None, config: StreamRAGConfig | str | None) -> Resources:
@@ -28,7 +39,7 @@ def model_label(config: StreamRAGConfig) -> str:
 
 
 def message_text(content: Any) -> str:
-    """A message's text; content blocks other than text are refused (the model reads text only)."""
+    """A message's text; content blocks other than text (and tool calls) are refused: the model reads text."""
     if isinstance(content, str):
         return content
     parts = []
@@ -37,6 +48,8 @@ def message_text(content: Any) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(block.get("text", ""))
+        elif isinstance(block, dict) and block.get("type") in _CALL_BLOCKS:
+            continue  # a tool call written as content: the message's tool_calls carry it
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(f"streamrag reads text only; got a {kind!r} content block")
@@ -48,20 +61,25 @@ def to_history(messages: list[BaseMessage]) -> list[HistoryMessage]:
     ``timestamp`` in its ``additional_kwargs`` or ``response_metadata`` (Unix seconds or ISO 8601)."""
     history = []
     for message in messages:
+        calls: tuple[ToolCall, ...] = ()
+        name = message.name
         if isinstance(message, HumanMessage):
             role = "user"
         elif isinstance(message, AIMessage):
             role = "assistant"
+            calls = tuple(ToolCall(c["name"], dict(c["args"]), c.get("id") or "") for c in message.tool_calls)
         elif isinstance(message, SystemMessage):
             role = "system"
+        elif isinstance(message, ToolMessage):
+            role = "tool"  # its name (the tool's), when set, comes back with its memories
         elif isinstance(message, ChatMessage) and message.role in _ROLE_NAMES:
             role = _ROLE_NAMES[message.role]
         else:
             raise ValueError(
                 f"streamrag cannot take a {type(message).__name__} (role {message.type!r}): "
-                "it has no tool calling; use system, human and ai messages"
+                "use system, human, ai and tool messages"
             )
         meta = {**message.response_metadata, **message.additional_kwargs}
         when = timestamp_of(meta.get("timestamp"))
-        history.append(HistoryMessage(role, message_text(message.content), message.name, when))
+        history.append(HistoryMessage(role, message_text(message.content), name, when, calls))
     return history

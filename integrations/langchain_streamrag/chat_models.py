@@ -11,21 +11,30 @@ archived, never deleted, and ``response_metadata`` says so.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
+from langchain_core.messages import AIMessageChunk, BaseMessage, BaseMessageChunk
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages.utils import message_chunk_to_message
+from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticToolsParser
+from langchain_core.output_parsers.pydantic import PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
 from langchain_core.runnables.config import run_in_executor
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_streamrag._common import model_label, resolve_resources, to_history
 from streamrag.session import Assistant, Resources
+from streamrag.tools import ToolCallStream
 
 _DONE = object()
 
@@ -149,15 +158,93 @@ class ChatStreamRAG(BaseChatModel):
             "seed": kwargs.get("seed", self.seed),
             "stop": stop if stop is not None else self.stop,
         }
+        for key in ("tools", "tool_choice", "response_format"):  # bound by bind_tools / with_structured_output
+            settings[key] = kwargs.get(key)
         return {k: v for k, v in settings.items() if v is not None}
 
+    # -- tools and structured output -----------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, BaseMessage]:
+        """Tools the model may call (``tool_choice``: "auto", "none", "any"/"required", or a tool's name).
+
+        Calls are decoded under each tool's JSON schema, so their arguments
+        always validate; they come back as ``AIMessage.tool_calls`` (and as
+        ``tool_call_chunks`` while streaming). Results go back as
+        ``ToolMessage``: fed into the persistent cache like any message.
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        if tool_choice is True:  # LangChain's old spelling for "call the only tool"
+            if len(formatted) != 1:
+                raise ValueError("tool_choice=True needs exactly one tool")
+            tool_choice = formatted[0]["function"]["name"]
+        if tool_choice is False:
+            tool_choice = "none"
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict | type,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict | Any]:
+        """Replies parsed into ``schema`` (a pydantic model, TypedDict, or JSON schema), always valid.
+
+        ``json_schema`` (the default) constrains the reply to JSON under the
+        schema; ``function_calling`` forces a call of a tool with the schema as
+        its arguments; ``json_mode`` constrains it to any JSON object.
+        """
+        kwargs.pop("strict", None)
+        if kwargs:
+            raise ValueError(f"unsupported arguments: {kwargs}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        structured = {"kwargs": {"method": method}, "schema": schema}
+        if method == "function_calling":
+            tool_name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=tool_name, ls_structured_output_format=structured)
+            parser: Runnable = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            if method == "json_schema":
+                json_schema = convert_to_json_schema(schema)
+                name = json_schema.get("title") or "response"
+                response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}
+            else:
+                response_format = {"type": "json_object"}
+            llm = self.bind(response_format=response_format, ls_structured_output_format=structured)
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+        else:
+            raise ValueError(f"unknown method {method!r}; use json_schema, function_calling or json_mode")
+        if include_raw:
+            parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+            fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+            return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback], exception_key="parsing_error")
+        return llm | parser
+
     def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]):
-        """The reply as chunks: one per streamed piece, then a last one with usage and metadata."""
+        """The reply as chunks: text and tool-call pieces as they stream, then a last one with usage and metadata."""
         session = self.get_session(kwargs.get("session_id"))
-        reply = session.stream_messages(to_history(messages), **self._generation(stop, kwargs))
+        settings = self._generation(stop, kwargs)
+        reply = session.stream_messages(to_history(messages), **settings)
+        calls = ToolCallStream(session.lm.tool_format.syntax) if settings.get("tools") else None
         try:
             for piece in reply:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if calls is None:
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                    continue
+                for event in calls.push(piece):
+                    yield _event_chunk(event)
+            for event in calls.finish() if calls is not None else ():
+                yield _event_chunk(event)
         finally:
             reply.close()
         sync, turn = reply.sync, reply.stats
@@ -173,7 +260,7 @@ class ChatStreamRAG(BaseChatModel):
             "model_name": self._model_name(),
             "model_provider": "streamrag",
             "session_id": session.session_id,
-            "finish_reason": turn.stop_reason,
+            "finish_reason": reply.finish_reason if calls is not None else turn.stop_reason,
             "message_id": reply.message_id,
             "synced_messages": sync.fed if sync else 0,
             "forked": bool(sync and sync.forked),
@@ -185,7 +272,7 @@ class ChatStreamRAG(BaseChatModel):
         }
         yield ChatGenerationChunk(
             message=AIMessageChunk(content="", usage_metadata=usage, response_metadata=metadata, chunk_position="last"),
-            generation_info={"finish_reason": turn.stop_reason},
+            generation_info={"finish_reason": metadata["finish_reason"]},
         )
 
     def _stream(
@@ -242,8 +329,24 @@ class ChatStreamRAG(BaseChatModel):
         return _result(chunks)
 
 
+def _event_chunk(event) -> ChatGenerationChunk:
+    """A chunk for one streamed event: text, or a piece of a tool call (merged by index downstream)."""
+    if event.kind == "text":
+        return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+    if event.kind == "call":
+        piece = tool_call_chunk(name=event.name, args="", id=event.call_id, index=event.index)
+    elif event.kind == "arguments":
+        piece = tool_call_chunk(name=None, args=event.text, id=None, index=event.index)
+    else:  # "end": nothing new to say
+        return ChatGenerationChunk(message=AIMessageChunk(content=""))
+    return ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[piece]))
+
+
 def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
-    last = chunks[-1].message
-    text = "".join(c.message.content for c in chunks)
-    message = AIMessage(content=text, usage_metadata=last.usage_metadata, response_metadata=last.response_metadata)
+    """The chunks merged (text joined, tool-call pieces assembled into ``tool_calls``) as one message."""
+    merged = chunks[0].message
+    for chunk in chunks[1:]:
+        merged = merged + chunk.message
+    message = message_chunk_to_message(merged)
+    message.id = None  # LangChain assigns the run id, as for any model
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=chunks[-1].generation_info)])

@@ -33,8 +33,6 @@ from streamrag.tools import JSON_SEPARATORS, Tool, ToolChoice, ToolSyntax
 
 logger = logging.getLogger(__name__)
 
-# Whitespace the model may put between JSON tokens: a little for readability, never an endless run.
-MAX_JSON_WHITESPACE = 2
 _COMPILED_CACHE_SIZE = 64
 
 
@@ -127,9 +125,12 @@ class GrammarCompiler:
         """Any JSON object (OpenAI's ``json_object`` mode, LangChain's ``json_mode``)."""
         return self.json_schema({"type": "object"})
 
-    def tool_calls(self, syntax: ToolSyntax, tools: Sequence[Tool], choice: ToolChoice) -> Constraint | None:
+    def tool_calls(
+        self, syntax: ToolSyntax, tools: Sequence[Tool], choice: ToolChoice, parallel: bool = True
+    ) -> Constraint | None:
         """Calls spelled in ``syntax``: free text with optional calls (auto), only calls (required),
-        exactly one call of one tool (named); ``None`` for tool_choice none."""
+        exactly one call of one tool (named); one call at most unless ``parallel``; ``None`` for
+        tool_choice none."""
         if choice.mode == "none" or not tools:
             return None
         chosen = [t for t in tools if choice.name in (None, t.name)]
@@ -137,29 +138,39 @@ class GrammarCompiler:
             {
                 "type": "tag",
                 "begin": syntax.call_prefix(tool.name),
-                "content": {
-                    "type": "json_schema",
-                    "json_schema": dict(tool.parameters),
-                    "max_whitespace_cnt": MAX_JSON_WHITESPACE,
-                },
+                # The arguments as canonical JSON, exactly as ToolSyntax.render writes them: the model
+                # cannot wander into newlines and indentation, and a client's copy matches byte for byte.
+                "content": {"type": "grammar", "grammar": _canonical_json(tool.parameters)},
                 "end": "}" + syntax.end,
             }
             for tool in chosen
         ]
         if choice.mode == "auto":
             trigger = syntax.begin or '{"name"'
-            fmt: dict[str, Any] = {"type": "triggered_tags", "triggers": [trigger], "tags": tags}
+            fmt: dict[str, Any] = {
+                "type": "triggered_tags",
+                "triggers": [trigger],
+                "tags": tags,
+                "stop_after_first": not parallel,
+            }
         else:
             fmt = {
                 "type": "tags_with_separator",
                 "tags": tags,
                 "separator": "\n",
                 "at_least_one": True,
-                "stop_after_first": choice.name is not None,
+                "stop_after_first": choice.name is not None or not parallel,
             }
         spec = json.dumps({"type": "structural_tag", "format": fmt})
         description = f"tool_choice {choice.name or choice.mode} over {', '.join(t.name for t in chosen)}"
         return self._constraint("tools:" + spec, lambda: self._compiler.compile_structural_tag(spec), description)
+
+
+def _canonical_json(schema: Mapping[str, Any]) -> str:
+    """EBNF for JSON valid under ``schema`` written with :data:`~streamrag.tools.JSON_SEPARATORS` only."""
+    xgr = _xgrammar()
+    grammar = xgr.Grammar.from_json_schema(json.dumps(dict(schema)), any_whitespace=False, separators=JSON_SEPARATORS)
+    return str(grammar)
 
 
 _COMPILERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -644,6 +644,7 @@ class Assistant:
         tools=None,
         tool_choice=None,
         response_format=None,
+        parallel_tool_calls: bool = True,
         **generation,
     ) -> Reply:
         """Answer a user message: recall, prefill, and a :class:`Reply` to iterate for the answer.
@@ -659,11 +660,12 @@ class Assistant:
         back as ``reply.tool_calls``, their arguments valid under each tool's
         schema (constrained decoding). ``response_format`` (a JSON schema,
         OpenAI's ``json_schema``/``json_object``, or a pydantic model) makes
-        the reply one valid JSON value. See :mod:`streamrag.structured`.
+        the reply one valid JSON value. ``parallel_tool_calls=False`` allows
+        one call per reply. See :mod:`streamrag.structured`.
         """
         self.lm.check_message("user", text)
         _check_name(name)
-        plan = plan_turn(self.lm, tools, tool_choice, response_format)
+        plan = plan_turn(self.lm, tools, tool_choice, response_format, parallel_tool_calls)
         with self._lock:
             self._finish_open_reply()
             self._start()
@@ -796,13 +798,15 @@ class Assistant:
         """
         self._stop.set()
 
-    def stream_reply(self, *, tools=None, tool_choice=None, response_format=None, **generation) -> Reply:
+    def stream_reply(
+        self, *, tools=None, tool_choice=None, response_format=None, parallel_tool_calls: bool = True, **generation
+    ) -> Reply:
         """Answer the messages added so far, whatever the last one's role (no recall: there is no new query).
 
         After a tool's result (``add_message("tool", ...)``) this is the reply that uses it.
-        ``tools``, ``tool_choice`` and ``response_format`` are as in :meth:`stream`.
+        ``tools``, ``tool_choice``, ``response_format`` and ``parallel_tool_calls`` are as in :meth:`stream`.
         """
-        plan = plan_turn(self.lm, tools, tool_choice, response_format)
+        plan = plan_turn(self.lm, tools, tool_choice, response_format, parallel_tool_calls)
         with self._lock:
             self._finish_open_reply()
             self._start()
@@ -958,7 +962,16 @@ class Assistant:
         self.turn = max((m.turn for m in messages), default=0)
         self._started = bool(messages)
 
-    def stream_messages(self, messages, *, tools=None, tool_choice=None, response_format=None, **generation) -> Reply:
+    def stream_messages(
+        self,
+        messages,
+        *,
+        tools=None,
+        tool_choice=None,
+        response_format=None,
+        parallel_tool_calls: bool = True,
+        **generation,
+    ) -> Reply:
         """Answer a whole message list: sync the session to it, then reply.
 
         A final user message is answered like :meth:`stream` (with recall);
@@ -973,7 +986,7 @@ class Assistant:
             raise MessageError("no messages to answer")
         for message in incoming:
             self.lm.check_message(message.role, message.content)
-        plan = plan_turn(self.lm, tools, tool_choice, response_format)
+        plan = plan_turn(self.lm, tools, tool_choice, response_format, parallel_tool_calls)
         with self._lock:
             self._finish_open_reply()
             if incoming[-1].role == "user":

@@ -77,6 +77,7 @@ def plan_turn(
     tools: Sequence[Tool | Mapping[str, Any]] | None = None,
     tool_choice: object = None,
     response_format: object = None,
+    parallel_tool_calls: bool = True,
 ) -> TurnPlan:
     """Check a turn's tools, choice and response format, compile its grammar, and plan it.
 
@@ -93,14 +94,16 @@ def plan_turn(
     grammar = lm.grammar()
     try:
         if choice.mode == "required":
-            grammar.tool_calls(syntax, tool_list, choice)  # compiled now: errors surface before the turn
-            make = lambda: grammar.tool_calls(syntax, tool_list, choice)  # noqa: E731
+            grammar.tool_calls(
+                syntax, tool_list, choice, parallel_tool_calls
+            )  # compiled now: errors surface before the turn
+            make = lambda: grammar.tool_calls(syntax, tool_list, choice, parallel_tool_calls)  # noqa: E731
         elif schema is not None:
             grammar.json_schema(schema)
             make = lambda: grammar.json_schema(schema)  # noqa: E731
         elif choice.mode == "auto":
-            grammar.tool_calls(syntax, tool_list, choice)
-            make = lambda: grammar.tool_calls(syntax, tool_list, choice)  # noqa: E731
+            grammar.tool_calls(syntax, tool_list, choice, parallel_tool_calls)
+            make = lambda: grammar.tool_calls(syntax, tool_list, choice, parallel_tool_calls)  # noqa: E731
         else:
             make = lambda: None  # noqa: E731
     except (RuntimeError, ValueError) as exc:

@@ -8,7 +8,7 @@ pytest.importorskip("langchain_core")
 
 from conftest import filler_history  # noqa: E402
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
+from langchain_core.messages import HumanMessage, SystemMessage  # noqa: E402
 from langchain_streamrag import ChatStreamRAG, StreamRAG, StreamRAGRetriever  # noqa: E402
 
 

@@ -158,7 +158,12 @@ class ChatStreamRAG(BaseChatModel):
             "seed": kwargs.get("seed", self.seed),
             "stop": stop if stop is not None else self.stop,
         }
-        for key in ("tools", "tool_choice", "response_format"):  # bound by bind_tools / with_structured_output
+        for key in (
+            "tools",
+            "tool_choice",
+            "response_format",
+            "parallel_tool_calls",
+        ):  # bound by bind_tools / with_structured_output
             settings[key] = kwargs.get(key)
         return {k: v for k, v in settings.items() if v is not None}
 
@@ -207,7 +212,9 @@ class ChatStreamRAG(BaseChatModel):
         structured = {"kwargs": {"method": method}, "schema": schema}
         if method == "function_calling":
             tool_name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=tool_name, ls_structured_output_format=structured)
+            llm = self.bind_tools(
+                [schema], tool_choice=tool_name, parallel_tool_calls=False, ls_structured_output_format=structured
+            )
             parser: Runnable = (
                 PydanticToolsParser(tools=[schema], first_tool_only=True)
                 if is_pydantic

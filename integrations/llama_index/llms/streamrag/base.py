@@ -122,6 +122,7 @@ class StreamRAGLLM(FunctionCallingLLM):
             "tools": kwargs.get("tools"),
             "tool_choice": kwargs.get("tool_choice"),
             "response_format": kwargs.get("response_format"),
+            "parallel_tool_calls": kwargs.get("parallel_tool_calls"),
         }
         return {k: v for k, v in settings.items() if v is not None}
 
@@ -225,7 +226,13 @@ class StreamRAGLLM(FunctionCallingLLM):
             messages.append(user_msg)
         specs = [tool.metadata.to_openai_tool() for tool in tools]
         choice = tool_choice if tool_choice is not None else ("required" if tool_required else "auto")
-        return {"messages": messages, "tools": specs or None, "tool_choice": choice if specs else None, **kwargs}
+        return {
+            "messages": messages,
+            "tools": specs or None,
+            "tool_choice": choice if specs else None,
+            "parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
 
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any

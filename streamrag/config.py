@@ -158,6 +158,33 @@ class GenerationSettings(_Section):
         return value
 
 
+class ToolSettings(_Section):
+    """Who decides, under tool_choice "auto", whether a turn calls a tool (see streamrag.tool_router)."""
+
+    auto: Literal["infer", "model", "router"] = Field(
+        default="infer",
+        description=(
+            "model: the model decides; router: a request close enough to a tool's description must call it; "
+            "infer: router for a model whose chat template knows no tools (it was not trained to call them), "
+            "else model."
+        ),
+    )
+    router_threshold: float = Field(
+        default=0.28,
+        ge=-1.0,
+        le=1.0,
+        description="Least cosine similarity of a request to a tool's name and description for the router to call it.",
+    )
+    parallel_calls: Literal["infer", "allow", "one"] = Field(
+        default="infer",
+        description=(
+            "allow: several calls per reply when the caller allows them (parallel_tool_calls); one: one call per "
+            "reply; infer: allow for a model whose chat template knows tools, one for others (the embedded 135M "
+            "model, forced to call, repeats its call until max_tokens cuts it)."
+        ),
+    )
+
+
 class ArchiveSettings(_Section):
     """Where evicted text goes and how it is found again."""
 
@@ -341,6 +368,7 @@ class StreamRAGConfig(_Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     recall: RecallSettings = Field(default_factory=RecallSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -140,7 +140,7 @@ class GrammarCompiler:
                 "begin": syntax.call_prefix(tool.name),
                 # The arguments as canonical JSON, exactly as ToolSyntax.render writes them: the model
                 # cannot wander into newlines and indentation, and a client's copy matches byte for byte.
-                "content": {"type": "grammar", "grammar": _canonical_json(tool.parameters)},
+                "content": {"type": "grammar", "grammar": _canonical_json(tool.parameters, syntax)},
                 "end": "}" + syntax.end,
             }
             for tool in chosen
@@ -166,10 +166,12 @@ class GrammarCompiler:
         return self._constraint("tools:" + spec, lambda: self._compiler.compile_structural_tag(spec), description)
 
 
-def _canonical_json(schema: Mapping[str, Any]) -> str:
-    """EBNF for JSON valid under ``schema`` written with :data:`~streamrag.tools.JSON_SEPARATORS` only."""
+def _canonical_json(schema: Mapping[str, Any], syntax: ToolSyntax) -> str:
+    """EBNF for JSON valid under ``schema`` spelled exactly as ``syntax.arguments_json`` writes it."""
     xgr = _xgrammar()
-    grammar = xgr.Grammar.from_json_schema(json.dumps(dict(schema)), any_whitespace=False, separators=JSON_SEPARATORS)
+    grammar = xgr.Grammar.from_json_schema(
+        json.dumps(dict(schema)), any_whitespace=False, indent=syntax.args_indent, separators=syntax.separators
+    )
     return str(grammar)
 
 

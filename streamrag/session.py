@@ -41,8 +41,9 @@ from streamrag.history import HistoryMessage, as_message, comparable, normalise,
 from streamrag.indexer import Indexer
 from streamrag.ledger import EvictedSpan
 from streamrag.recall import RecallPolicy, RecallResult
-from streamrag.structured import TurnPlan, plan_turn
+from streamrag.structured import TurnPlan, plan_turn, routed_plan
 from streamrag.text import MessageError
+from streamrag.tool_router import ToolRouter
 from streamrag.tools import ToolCall
 from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, title_of
 
@@ -386,6 +387,7 @@ class Assistant:
         info = self.transcript.create_session(self.session_id, title=title, meta=meta)
         self.settings: dict = dict(info.meta.get("settings") or {})
         self.config = session_config(resources.config, self.settings)
+        self._router: ToolRouter | None = None
         self._titled = info.title is not None
         self.lm = StreamingLM(resources.model, resources.tokenizer, self.config)
         self.lm.on_evict(self._log_evictions)
@@ -665,11 +667,39 @@ class Assistant:
         """
         self.lm.check_message("user", text)
         _check_name(name)
-        plan = plan_turn(self.lm, tools, tool_choice, response_format, parallel_tool_calls)
+        plan = self._routed(self._plan(tools, tool_choice, response_format, parallel_tool_calls), text)
         with self._lock:
             self._finish_open_reply()
             self._start()
             return self._answer(HistoryMessage("user", text, name, timestamp), generation, plan=plan)
+
+    def _trained_on_tools(self) -> bool:
+        """Does the model's own chat template render tools? (Then it learned to call them.)"""
+        return self.lm.tool_format.native
+
+    def _plan(self, tools, tool_choice, response_format, parallel_tool_calls: bool) -> TurnPlan:
+        """:func:`plan_turn` with this session's ``tools.parallel_calls`` policy applied."""
+        policy = self.config.tools.parallel_calls
+        if policy == "one" or (policy == "infer" and not self._trained_on_tools()):
+            parallel_tool_calls = False
+        return plan_turn(self.lm, tools, tool_choice, response_format, parallel_tool_calls)
+
+    def _routed(self, plan: TurnPlan, request: str | None) -> TurnPlan:
+        """An "auto" turn answering ``request`` (a user's message) as the tool router decides, if it decides.
+
+        Only a user's request is routed: after a tool's result the model
+        decides whether to answer or call again. With a response format the
+        turn stays JSON. See :mod:`streamrag.tool_router`.
+        """
+        settings = self.config.tools
+        mode = settings.auto
+        if mode == "infer":
+            mode = "model" if self._trained_on_tools() else "router"
+        if mode != "router" or plan.choice.mode != "auto" or plan.response_schema is not None or not request:
+            return plan
+        if self._router is None or self._router.threshold != settings.router_threshold:
+            self._router = ToolRouter(self.archive.embedder, settings.router_threshold)
+        return routed_plan(self.lm, plan, self._router.route(request, plan.tools))
 
     def _offer_tools(self, plan: TurnPlan) -> None:
         """Feed the tools' instructions unless the cache already holds these very ones, whole.
@@ -806,7 +836,10 @@ class Assistant:
         After a tool's result (``add_message("tool", ...)``) this is the reply that uses it.
         ``tools``, ``tool_choice``, ``response_format`` and ``parallel_tool_calls`` are as in :meth:`stream`.
         """
-        plan = plan_turn(self.lm, tools, tool_choice, response_format, parallel_tool_calls)
+        plan = self._plan(tools, tool_choice, response_format, parallel_tool_calls)
+        if plan.choice.mode == "auto":
+            said = [m for m in self.transcript.tail(self.session_id, 4096) if m.role not in CONTEXT_ROLES]
+            plan = self._routed(plan, said[-1].content if said and said[-1].role == "user" else None)
         with self._lock:
             self._finish_open_reply()
             self._start()
@@ -986,7 +1019,8 @@ class Assistant:
             raise MessageError("no messages to answer")
         for message in incoming:
             self.lm.check_message(message.role, message.content)
-        plan = plan_turn(self.lm, tools, tool_choice, response_format, parallel_tool_calls)
+        plan = self._plan(tools, tool_choice, response_format, parallel_tool_calls)
+        plan = self._routed(plan, incoming[-1].content if incoming[-1].role == "user" else None)
         with self._lock:
             self._finish_open_reply()
             if incoming[-1].role == "user":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from streamrag.tools import Tool, ToolChoice, ToolError, tools_of
@@ -35,6 +35,8 @@ class TurnPlan:
     response_schema: Mapping[str, Any] | None = None
     make_constraint: Callable[[], Constraint | None] = lambda: None
     instructions: str | None = None
+    parallel_tool_calls: bool = True
+    routed: tuple[str, ...] = ()  # tools the router made this "auto" turn call (see streamrag.tool_router)
 
     @property
     def instructions_key(self) -> str | None:
@@ -110,4 +112,19 @@ def plan_turn(
         if isinstance(exc, ToolError):
             raise
         raise ToolError(f"cannot compile a grammar for this turn: {exc}") from exc
-    return TurnPlan(tuple(tool_list), choice, schema, make, instructions)
+    return TurnPlan(tuple(tool_list), choice, schema, make, instructions, parallel_tool_calls)
+
+
+def routed_plan(lm: StreamingLM, plan: TurnPlan, picked: Sequence[Tool]) -> TurnPlan:
+    """``plan`` (an "auto" turn) made to call one of ``picked``: the router's decision for the model.
+
+    The instructions still show every tool; only the grammar narrows, to
+    calls of the picked ones.
+    """
+    if not picked:
+        return plan
+    choice = ToolChoice("required", picked[0].name if len(picked) == 1 else None)
+    grammar, syntax, parallel = lm.grammar(), lm.tool_format.syntax, plan.parallel_tool_calls
+    grammar.tool_calls(syntax, picked, choice, parallel)
+    make = lambda: grammar.tool_calls(syntax, picked, choice, parallel)  # noqa: E731
+    return replace(plan, choice=choice, make_constraint=make, routed=tuple(t.name for t in picked))

@@ -133,13 +133,25 @@ class ToolSyntax:
     begin: str
     end: str
     args_key: str = "arguments"
+    # Arguments pretty-printed with this indent, else on one line. The generic format indents: asked
+    # for `magic_function(3)` the embedded 135M model wrote {"input": 256} on one line and, allowed
+    # its own layout, `{\n    "input": 3\n}`, which is json.dumps(indent=4).
+    args_indent: int | None = None
+
+    def arguments_json(self, arguments: Mapping[str, Any]) -> str:
+        """The arguments spelled exactly as the grammar lets the model write them (raw unicode, no escapes)."""
+        return json.dumps(arguments, ensure_ascii=False, indent=self.args_indent, separators=self.separators)
+
+    @property
+    def separators(self) -> tuple[str, str]:
+        return (",", ": ") if self.args_indent is not None else JSON_SEPARATORS
 
     def call_prefix(self, name: str) -> str:
         """The text of a call up to its arguments' opening brace (the grammar's fixed part)."""
         return f'{self.begin}{{"name": {json.dumps(name)}, "{self.args_key}": '
 
     def render_call(self, call: ToolCall) -> str:
-        return self.call_prefix(call.name) + json.dumps(call.arguments, separators=JSON_SEPARATORS) + "}" + self.end
+        return self.call_prefix(call.name) + self.arguments_json(call.arguments) + "}" + self.end
 
     def render(self, content: str, calls: Sequence[ToolCall]) -> str:
         """An assistant message's text: its content, then each call on its own line (what the grammar emits)."""
@@ -205,8 +217,9 @@ class ToolSyntax:
         return self.render(content, calls).strip() if calls else text.strip()
 
 
-# The Hermes / Qwen2.5 / SmolLM3 spelling, and the documented generic one.
+# The Hermes / Qwen2.5 / SmolLM3 spelling, and the documented generic one (Hermes with indented arguments).
 HERMES = ToolSyntax("hermes", "<tool_call>\n", "\n</tool_call>")
+GENERIC = ToolSyntax("generic", "<tool_call>\n", "\n</tool_call>", args_indent=4)
 # Llama 3.1-3.3 with JSON tool calling: a bare object with "parameters".
 LLAMA_JSON = ToolSyntax("llama-json", "", "", args_key="parameters")
 
@@ -238,10 +251,10 @@ class ToolFormat:
         """The model's own format when its chat template renders tools into the system message, else generic."""
         template = getattr(tokenizer, "chat_template", None) or ""
         if not isinstance(template, str) or "tools" not in template:
-            return cls(HERMES, native=False)
+            return cls(GENERIC, native=False)
         probe = [Tool("probe_tool", "probe", {"type": "object", "properties": {}})]
         if _native_instructions(tokenizer, probe) is None:
-            return cls(HERMES, native=False)
+            return cls(GENERIC, native=False)
         syntax = HERMES if "<tool_call>" in template else LLAMA_JSON if '"parameters"' in template else HERMES
         return cls(syntax, native=True)
 

@@ -11,7 +11,7 @@ import pytest
 from streamrag.history import HistoryMessage, comparable, normalise, plan_sync
 from streamrag.session import TOOLS_ROLE, Assistant
 from streamrag.structured import response_schema
-from streamrag.tools import HERMES, Tool, ToolCall, ToolCallStream, ToolChoice, ToolError, ToolFormat, tools_of
+from streamrag.tools import GENERIC, HERMES, Tool, ToolCall, ToolCallStream, ToolChoice, ToolError, ToolFormat, tools_of
 
 logger = logging.getLogger(__name__)
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -144,9 +144,46 @@ def test_a_frameworks_tool_call_message_matches_the_text_the_model_wrote():
 def test_the_embedded_model_gets_the_generic_format(embedded):
     _, tokenizer = embedded
     fmt = ToolFormat.for_tokenizer(tokenizer)
-    assert fmt.syntax is HERMES and not fmt.native  # SmolLM2's template has no tools
+    assert fmt.syntax is GENERIC and not fmt.native  # SmolLM2's template has no tools
     text = fmt.instructions(tokenizer, tools_of([WEATHER]))
     assert "<tools>" in text and '"name": "get_weather"' in text and "<tool_call>" in text
+
+
+@pytest.mark.parametrize("syntax", [GENERIC, HERMES], ids=lambda s: s.name)
+def test_the_grammar_accepts_exactly_what_render_writes(embedded, syntax):
+    """A call rendered back from a client's history is the very text the model was allowed to write,
+    token for token, so the cache matches it and nothing is prefilled again."""
+    from streamrag.grammar import compiler_for
+
+    model, tokenizer = embedded
+    tool = Tool.of(
+        {
+            "name": "create_customer",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                },
+                "required": ["name", "tags", "address"],
+            },
+        }
+    )
+    call = ToolCall("create_customer", {"name": "こんにちは株式会社", "tags": ["b2b", "jp"], "address": {"city": "大阪"}})
+    text = syntax.render("", [call])
+    assert "こんにちは" in text and (("\n    " in text) == (syntax.args_indent == 4))
+    compiler = compiler_for(tokenizer, model.config.vocab_size, [tokenizer.eos_token_id])
+    constraint = compiler.tool_calls(syntax, [tool], ToolChoice("required"), parallel=False)
+    for token in tokenizer.encode(text, add_special_tokens=False):
+        constraint.accept(token)
+    constraint.accept(tokenizer.eos_token_id)  # the call is complete: the turn may end here
+    assert constraint.finished
+    other = compiler.tool_calls(syntax, [tool], ToolChoice("required"), parallel=False)
+    loose = text.replace('": ', '":  ', 1)  # one stray space: not the spelling the grammar allows
+    with pytest.raises(RuntimeError, match="refused"):
+        for token in tokenizer.encode(loose, add_special_tokens=False):
+            other.accept(token)
 
 
 @pytest.mark.parametrize("choice", ["required", "get_weather"])
@@ -245,3 +282,22 @@ def test_a_bad_turn_is_refused_before_anything_is_stored(make_resources):
     with pytest.raises(ToolError, match="response_format"):
         assistant.stream("Hi", response_format={"type": "json_schema"})
     assert (resources.transcript.count(assistant.session_id), assistant.lm.stats()) == before
+
+
+def test_auto_routes_a_request_for_a_tool_and_leaves_the_rest_to_the_model(make_resources):
+    """The embedded model was never trained on tools, so "auto" is decided by the tool router
+    (streamrag.tool_router); with ``tools.auto: model`` the same request gets prose."""
+    resources = make_resources(generation={"temperature": 0, "max_new_tokens": 40})
+    assistant = Assistant(resources)
+    call = assistant.stream("What's the weather like in Lisbon today?", tools=[CITY_WEATHER, ORDERS]).result()
+    assert [(c.name, c.arguments) for c in call.tool_calls] == [("get_weather", {"city": "Lisbon"})]
+    assert call.plan.routed == ("get_weather",)
+    assistant.add_message("tool", "Lisbon: 21 C and sunny.", name="get_weather")
+    answer = assistant.stream_reply(tools=[CITY_WEATHER, ORDERS], max_new_tokens=12).result()
+    assert answer.plan.routed == () and answer.plan.choice.mode == "auto"  # after a result the model decides
+    small_talk = assistant.stream("Thanks! Have a nice evening.", tools=[CITY_WEATHER, ORDERS], max_new_tokens=8)
+    assert not small_talk.result().tool_calls and small_talk.plan.routed == ()
+
+    by_model = Assistant(make_resources(tools={"auto": "model"}, generation={"temperature": 0, "max_new_tokens": 8}))
+    prose = by_model.stream("What's the weather like in Lisbon today?", tools=[CITY_WEATHER, ORDERS]).result()
+    assert prose.plan.routed == () and prose.plan.choice.mode == "auto"

@@ -170,7 +170,8 @@ def test_the_grammar_accepts_exactly_what_render_writes(embedded, syntax):
             },
         }
     )
-    call = ToolCall("create_customer", {"name": "こんにちは株式会社", "tags": ["b2b", "jp"], "address": {"city": "大阪"}})
+    arguments = {"name": "こんにちは株式会社", "tags": ["b2b", "jp"], "address": {"city": "大阪"}}
+    call = ToolCall("create_customer", arguments)
     text = syntax.render("", [call])
     assert "こんにちは" in text and (("\n    " in text) == (syntax.args_indent == 4))
     compiler = compiler_for(tokenizer, model.config.vocab_size, [tokenizer.eos_token_id])

@@ -138,8 +138,8 @@ class GrammarCompiler:
             {
                 "type": "tag",
                 "begin": syntax.call_prefix(tool.name),
-                # The arguments as canonical JSON, exactly as ToolSyntax.render writes them: the model
-                # cannot wander into newlines and indentation, and a client's copy matches byte for byte.
+                # The arguments in one fixed layout, exactly as ToolSyntax.render writes them: the model
+                # cannot wander into whitespace of its own, and a client's copy matches byte for byte.
                 "content": {"type": "grammar", "grammar": _canonical_json(tool.parameters, syntax)},
                 "end": "}" + syntax.end,
             }

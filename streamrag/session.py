@@ -697,7 +697,7 @@ class Assistant:
             mode = "model" if self._trained_on_tools() else "router"
         if mode != "router" or plan.choice.mode != "auto" or plan.response_schema is not None or not request:
             return plan
-        if self._router is None or self._router.threshold != settings.router_threshold:
+        if self._router is None:  # built on the first routed turn: the embedder call waits until needed
             self._router = ToolRouter(self.archive.embedder, settings.router_threshold)
         return routed_plan(self.lm, plan, self._router.route(request, plan.tools))
 

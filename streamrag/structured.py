@@ -95,17 +95,13 @@ def plan_turn(
     instructions = lm.tool_format.instructions(lm.tokenizer, tool_list) if tool_list else None
     grammar = lm.grammar()
     try:
+        calls = lambda: grammar.tool_calls(syntax, tool_list, choice, parallel_tool_calls)  # noqa: E731
         if choice.mode == "required":
-            grammar.tool_calls(
-                syntax, tool_list, choice, parallel_tool_calls
-            )  # compiled now: errors surface before the turn
-            make = lambda: grammar.tool_calls(syntax, tool_list, choice, parallel_tool_calls)  # noqa: E731
+            make = _compiled_now(calls)
         elif schema is not None:
-            grammar.json_schema(schema)
-            make = lambda: grammar.json_schema(schema)  # noqa: E731
+            make = _compiled_now(lambda: grammar.json_schema(schema))
         elif choice.mode == "auto":
-            grammar.tool_calls(syntax, tool_list, choice, parallel_tool_calls)
-            make = lambda: grammar.tool_calls(syntax, tool_list, choice, parallel_tool_calls)  # noqa: E731
+            make = _compiled_now(calls)
         else:
             make = lambda: None  # noqa: E731
     except (RuntimeError, ValueError) as exc:
@@ -125,6 +121,12 @@ def routed_plan(lm: StreamingLM, plan: TurnPlan, picked: Sequence[Tool]) -> Turn
         return plan
     choice = ToolChoice("required", picked[0].name if len(picked) == 1 else None)
     grammar, syntax, parallel = lm.grammar(), lm.tool_format.syntax, plan.parallel_tool_calls
-    grammar.tool_calls(syntax, picked, choice, parallel)
-    make = lambda: grammar.tool_calls(syntax, picked, choice, parallel)  # noqa: E731
+    make = _compiled_now(lambda: grammar.tool_calls(syntax, picked, choice, parallel))
     return replace(plan, choice=choice, make_constraint=make, routed=tuple(t.name for t in picked))
+
+
+def _compiled_now(build: Callable[[], Constraint | None]) -> Callable[[], Constraint | None]:
+    """``build``, run once now so a grammar that cannot compile fails before the turn (the compiler caches
+    it, so each later call only makes a fresh matcher)."""
+    build()
+    return build

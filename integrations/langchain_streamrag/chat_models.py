@@ -158,12 +158,8 @@ class ChatStreamRAG(BaseChatModel):
             "seed": kwargs.get("seed", self.seed),
             "stop": stop if stop is not None else self.stop,
         }
-        for key in (
-            "tools",
-            "tool_choice",
-            "response_format",
-            "parallel_tool_calls",
-        ):  # bound by bind_tools / with_structured_output
+        # Bound by bind_tools / with_structured_output.
+        for key in ("tools", "tool_choice", "response_format", "parallel_tool_calls"):
             settings[key] = kwargs.get(key)
         return {k: v for k, v in settings.items() if v is not None}
 

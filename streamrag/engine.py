@@ -136,6 +136,8 @@ class TurnStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     stop_reason: str = ""
+    decode_steps: int = 0
+    """Forward passes while decoding: fewer than ``generated_tokens`` when a grammar wrote text for the model."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -590,24 +592,32 @@ class StreamingLM:
             logits = self._last_logits
             if logits is None:
                 raise RuntimeError("nothing to continue from: feed a message before generating")
-            for _ in range(settings.max_new_tokens):
+            while stats.generated_tokens < settings.max_new_tokens:
                 token = self._sample(logits, processors, settings, generator, constraint)
                 if token in self.eos_token_ids and (not settings.ignore_eos or constraint is not None):
                     stats.stop_reason = "eos"
                     break
+                step = [token]
                 if constraint is not None:
                     constraint.accept(token)
-                piece = decoder.step(token)
-                self.ledger.extend_text(ref.message_id, piece)
-                self._make_room(1)
-                self.ledger.append(ref.message_id, token, produced, produced + len(piece))
-                produced += len(piece)
-                logits = self._forward([token])[-1]
+                    # What the grammar alone decides next goes in with this token: one forward for all of them.
+                    room = settings.max_new_tokens - stats.generated_tokens - 1
+                    limit = min(room, self.config.cache.window_tokens // 4)
+                    step += constraint.forced_tokens(self.tokenizer, limit)
+                self._make_room(len(step))
+                visible = ""
+                for token in step:
+                    piece = decoder.step(token)
+                    self.ledger.extend_text(ref.message_id, piece)
+                    self.ledger.append(ref.message_id, token, produced, produced + len(piece))
+                    produced += len(piece)
+                    visible += stops.push(piece)
+                logits = self._forward(step)[-1]
                 self._last_logits = logits
-                stats.generated_tokens += 1
-                self._generated_total += 1
+                stats.generated_tokens += len(step)
+                stats.decode_steps += 1
+                self._generated_total += len(step)
                 stats.decode_seconds = time.perf_counter() - started
-                visible = stops.push(piece)
                 if visible:
                     yield visible
                 if stops.stopped:

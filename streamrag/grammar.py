@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -60,20 +61,52 @@ class Constraint:
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self.description = description
         self.steps = 0
+        self.seconds = 0.0
+        """Time spent in the grammar (masks, accepts, forced text): what constraining costs this reply."""
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Set every token the grammar forbids now to -inf (in place; ``logits`` is ``[1, vocab]`` or ``[vocab]``)."""
         xgr = _xgrammar()
+        began = time.perf_counter()
         self._matcher.fill_next_token_bitmask(self._bitmask)
         bitmask = self._bitmask if logits.device.type == "cpu" else self._bitmask.to(logits.device, non_blocking=True)
         xgr.apply_token_bitmask_inplace(logits if logits.dim() == 2 else logits.unsqueeze(0), bitmask)
+        self.seconds += time.perf_counter() - began
         return logits
 
     def accept(self, token: int) -> None:
         """Advance over ``token``; a token the mask allowed is always accepted."""
-        if not self._matcher.accept_token(token):
+        began = time.perf_counter()
+        accepted = self._matcher.accept_token(token)
+        self.seconds += time.perf_counter() - began
+        if not accepted:
             raise RuntimeError(f"the grammar refused token {token} ({self.description})")
         self.steps += 1
+
+    def forced_tokens(self, tokenizer, limit: int) -> list[int]:
+        """The tokens of what the grammar alone decides next (at most ``limit``), accepted already.
+
+        Jump-forward decoding: where only one text can follow (``": "`` after a
+        property name, a tool call's fixed head) it is written for the model in
+        its ordinary tokenization. Left to pick it token by token under the
+        mask, a small model splits it oddly (a lone space where it meant to
+        write an unquoted number, then a quote-and-backslash token), lands
+        where it has never been, and writes noise into the arguments.
+        """
+        if limit <= 0 or self._matcher.is_terminated():
+            return []
+        began = time.perf_counter()
+        try:
+            text = self._matcher.find_jump_forward_string()
+            tokens = tokenizer.encode(text, add_special_tokens=False)[:limit] if text else []
+            for taken, token in enumerate(tokens):
+                if not self._matcher.accept_token(token):
+                    # Its tokenization crosses into what the grammar leaves open: take the part that fits.
+                    return tokens[:taken]
+                self.steps += 1
+            return tokens
+        finally:
+            self.seconds += time.perf_counter() - began
 
     @property
     def finished(self) -> bool:
@@ -117,7 +150,7 @@ class GrammarCompiler:
         spec = json.dumps(schema)  # not sorted: the schema's property order is the order the JSON is written in
         return self._constraint(
             "json:" + spec,
-            lambda: self._compiler.compile_json_schema(spec, any_whitespace=False, separators=JSON_SEPARATORS),
+            lambda: self._compiler.compile_grammar(json_grammar(schema, indent=None, separators=JSON_SEPARATORS)),
             "response_format json_schema",
         )
 
@@ -166,13 +199,32 @@ class GrammarCompiler:
         return self._constraint("tools:" + spec, lambda: self._compiler.compile_structural_tag(spec), description)
 
 
-def _canonical_json(schema: Mapping[str, Any], syntax: ToolSyntax) -> str:
-    """EBNF for JSON valid under ``schema`` spelled exactly as ``syntax.arguments_json`` writes it."""
+# The escapes json.dumps(ensure_ascii=False) writes: the two that must be escaped, the named controls, and
+# \u00XX for other control characters. xgrammar's JSON grammar also allows \/ and \u for any code point; a
+# small model that starts an escape then wanders through \u03ca\u03d9... until max_tokens cuts the call
+# (seen with SmolLM2-135M asked for an order number), and no client would write it back that way.
+_CANONICAL_ESCAPE = 'basic_escape ::= (([\\"\\\\bfnrt]) | ("u00" [01] [A-Fa-f0-9]))'
+
+
+def json_grammar(schema: Mapping[str, Any], indent: int | None, separators: tuple[str, str]) -> str:
+    """EBNF for JSON valid under ``schema`` in one fixed layout (``indent``, ``separators``), its strings
+    escaped only where ``json.dumps(..., ensure_ascii=False)`` escapes them."""
     xgr = _xgrammar()
     grammar = xgr.Grammar.from_json_schema(
-        json.dumps(dict(schema)), any_whitespace=False, indent=syntax.args_indent, separators=syntax.separators
+        json.dumps(dict(schema)), any_whitespace=False, indent=indent, separators=separators
     )
-    return str(grammar)
+    rules = str(grammar).splitlines()
+    escapes = [i for i, rule in enumerate(rules) if rule.startswith("basic_escape ::=")]
+    if len(escapes) != 1:  # another xgrammar spelling: keep its grammar (valid JSON all the same)
+        logger.warning("xgrammar's JSON grammar has no single basic_escape rule; escapes are not narrowed")
+        return "\n".join(rules)
+    rules[escapes[0]] = _CANONICAL_ESCAPE
+    return "\n".join(rules)
+
+
+def _canonical_json(schema: Mapping[str, Any], syntax: ToolSyntax) -> str:
+    """EBNF for JSON valid under ``schema`` spelled exactly as ``syntax.arguments_json`` writes it."""
+    return json_grammar(schema, indent=syntax.args_indent, separators=syntax.separators)
 
 
 _COMPILERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

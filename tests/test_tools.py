@@ -180,11 +180,38 @@ def test_the_grammar_accepts_exactly_what_render_writes(embedded, syntax):
         constraint.accept(token)
     constraint.accept(tokenizer.eos_token_id)  # the call is complete: the turn may end here
     assert constraint.finished
-    other = compiler.tool_calls(syntax, [tool], ToolChoice("required"), parallel=False)
     loose = text.replace('": ', '":  ', 1)  # one stray space: not the spelling the grammar allows
-    with pytest.raises(RuntimeError, match="refused"):
-        for token in tokenizer.encode(loose, add_special_tokens=False):
-            other.accept(token)
+    escaped = text.replace("大阪", "\\u5927\\u962a")  # the same JSON value, escaped as render never writes it
+    for other_spelling in (loose, escaped):
+        other = compiler.tool_calls(syntax, [tool], ToolChoice("required"), parallel=False)
+        with pytest.raises(RuntimeError, match="refused"):
+            for token in tokenizer.encode(other_spelling, add_special_tokens=False):
+                other.accept(token)
+
+
+def test_strings_are_escaped_only_where_json_dumps_escapes_them(embedded):
+    """Raw unicode, and the escapes json.dumps(ensure_ascii=False) writes; no \\u for a printable character
+    (a small model that starts one wanders through \\u03ca\\u03d9... until max_tokens cuts the call)."""
+    from streamrag.grammar import compiler_for
+
+    model, tokenizer = embedded
+    compiler = compiler_for(tokenizer, model.config.vocab_size, [tokenizer.eos_token_id])
+    schema = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+
+    def accepts(text: str) -> bool:
+        constraint = compiler.json_schema(schema)
+        try:
+            for token in tokenizer.encode(text, add_special_tokens=False):
+                constraint.accept(token)
+        except RuntimeError:
+            return False
+        return True
+
+    written = json.dumps({"note": 'say "hi"\\ to Zoë\n\tnow\x01'}, ensure_ascii=False, separators=(", ", ": "))
+    assert "\\u0001" in written and "Zoë" in written and accepts(written)
+    assert not accepts('{"note": "Zo\\u00eb"}')  # an escape json.dumps would not write
+    assert not accepts('{"note": "a\\/b"}')
+    assert accepts('{"note": "Zoë"}')
 
 
 @pytest.mark.parametrize("choice", ["required", "get_weather"])
@@ -295,7 +322,9 @@ def test_auto_routes_a_request_for_a_tool_and_leaves_the_rest_to_the_model(make_
     assert call.plan.routed == ("get_weather",)
     assistant.add_message("tool", "Lisbon: 21 C and sunny.", name="get_weather")
     answer = assistant.stream_reply(tools=[CITY_WEATHER, ORDERS], max_new_tokens=12).result()
-    assert answer.plan.routed == () and answer.plan.choice.mode == "auto"  # after a result the model decides
+    # After a result the reply answers with it: no call, and text that looks like one stays text.
+    assert answer.plan.routed == () and answer.plan.choice.mode == "none" and not answer.tool_calls
+    assert answer.plan.make_constraint() is None
     small_talk = assistant.stream("Thanks! Have a nice evening.", tools=[CITY_WEATHER, ORDERS], max_new_tokens=8)
     assert not small_talk.result().tool_calls and small_talk.plan.routed == ()
 

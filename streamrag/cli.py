@@ -497,6 +497,46 @@ def bench_latency(
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 
 
+@bench_app.command("constrained")
+def bench_constrained(
+    max_tokens: int = typer.Option(96, help="Most tokens per reply (free text runs exactly this many)."),
+    repeats: int = typer.Option(1, help="Times over the prompts."),
+    out: Path = OutOption,
+    name: str = typer.Option("constrained", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    threads: int | None = ThreadsOption,
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Constrained decoding's cost per token (JSON schema, tool calls; with and without jump-forward) vs free text."""
+    _setup_logging(verbose)
+    cfg = load_config(config, **{"model.spec": model, "model.device": device, "model.dtype": dtype})
+    if max_tokens < 1 or repeats < 1:
+        console.print("[red]error:[/red] need --max-tokens >= 1 and --repeats >= 1")
+        raise typer.Exit(2)
+    model_, tokenizer, _ = _load_model(cfg, threads)
+    from streamrag.bench.constrained import run_constrained
+
+    result = run_constrained(model_, tokenizer, cfg, out, max_tokens=max_tokens, repeats=repeats, name=name)
+    table = Table(title=f"constrained decoding, {result['settings']['prompts']} prompts x {repeats}")
+    for column in ("workload", "tokens", "tokens/step", "ms/token", "grammar ms/token", "vs text", "valid"):
+        table.add_column(column, justify="left" if column == "workload" else "right", no_wrap=column == "workload")
+    for workload, entry in result["workloads"].items():
+        table.add_row(
+            workload,
+            str(entry["tokens"]),
+            f"{entry['tokens_per_step']:.2f}",
+            f"{entry['ms_per_token']:.1f}",
+            f"{entry['grammar_ms_per_token']:.3f}",
+            f"{entry['ms_per_token_ratio']:.2f}x",
+            entry["valid"] or "",
+        )
+    Console().print(table)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
 @bench_app.command("crash")
 def bench_crash(
     trials: int = typer.Option(20, help="Kill-and-resume trials."),

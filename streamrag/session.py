@@ -44,7 +44,7 @@ from streamrag.recall import RecallPolicy, RecallResult
 from streamrag.structured import TurnPlan, plan_turn, routed_plan
 from streamrag.text import MessageError
 from streamrag.tool_router import ToolRouter
-from streamrag.tools import ToolCall
+from streamrag.tools import ToolCall, ToolChoice
 from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, title_of
 
 logger = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class Reply(Iterator[str]):
         return {"eos": "stop", "stop": "stop"}.get(self.stop_reason, self.stop_reason)
 
     def _parsed(self) -> tuple[str, list[ToolCall]]:
-        if not self.plan.tools:
+        if not self.plan.offers_calls:  # with tool_choice none, text that looks like a call is text
             return self.text, []
         cached = getattr(self, "_parsed_cache", None)
         if cached is None or cached[0] != len(self.text):
@@ -687,16 +687,20 @@ class Assistant:
     def _routed(self, plan: TurnPlan, request: str | None) -> TurnPlan:
         """An "auto" turn answering ``request`` (a user's message) as the tool router decides, if it decides.
 
-        Only a user's request is routed: after a tool's result the model
-        decides whether to answer or call again. With a response format the
-        turn stays JSON. See :mod:`streamrag.tool_router`.
+        A user's request is routed. A reply that follows a tool's result
+        (``request`` None) answers with it in text: a model never trained on
+        tools, left to decide there, called tool after tool (New York, London,
+        Cairo... for an order lookup, inside LlamaIndex's FunctionAgent loop).
+        With a response format the turn stays JSON. See :mod:`streamrag.tool_router`.
         """
         settings = self.config.tools
         mode = settings.auto
         if mode == "infer":
             mode = "model" if self._trained_on_tools() else "router"
-        if mode != "router" or plan.choice.mode != "auto" or plan.response_schema is not None or not request:
+        if mode != "router" or plan.choice.mode != "auto" or plan.response_schema is not None:
             return plan
+        if not request:
+            return replace(plan, choice=ToolChoice("none"), make_constraint=lambda: None)
         if self._router is None:  # built on the first routed turn: the embedder call waits until needed
             self._router = ToolRouter(self.archive.embedder, settings.router_threshold)
         return routed_plan(self.lm, plan, self._router.route(request, plan.tools))

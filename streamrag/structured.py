@@ -39,6 +39,11 @@ class TurnPlan:
     routed: tuple[str, ...] = ()  # tools the router made this "auto" turn call (see streamrag.tool_router)
 
     @property
+    def offers_calls(self) -> bool:
+        """May the reply call tools? (Then its text is parsed for calls; with tool_choice none it is not.)"""
+        return bool(self.tools) and self.choice.mode != "none"
+
+    @property
     def instructions_key(self) -> str | None:
         """Names the instructions' text, so a session feeds them again only when they change."""
         if self.instructions is None:

@@ -11,7 +11,9 @@ style: the request and each tool's name and description are embedded with
 the archive's sentence-transformers model, and when the best tool is at
 least ``tools.router_threshold`` similar the turn must call one of the tools
 that close (the model still writes the call and its arguments, under the
-grammar). Below the threshold the model decides, as before.
+grammar). Below the threshold the model decides, as before. The reply that
+follows a tool's result answers in text (tool_choice none): left to decide
+there, the model called tool after tool.
 
 Measured with all-MiniLM-L6-v2 on a probe of 14 requests for 6 tools and 10
 unrelated messages: the best tool was the right one for all 14; requests

@@ -139,3 +139,26 @@ def test_latency_cli_measures_every_policy_at_every_length(embedded, data_dir, t
     assert [entry["cache_tokens"] for entry in archive] == [44, 44] and archive[1]["evictions"] > 0
     assert archive[-1]["indexed_chunks"] > 0 and archive[-1]["tokens_per_step"] >= 1
     assert ratios["160"]["archive_vs_sink_ms_per_token"] > 0
+
+
+def test_constrained_bench_measures_the_grammar_against_free_text(embedded, data_dir, tmp_path, keep_threads):
+    from streamrag.bench.constrained import WORKLOADS, run_constrained
+
+    model, tokenizer = embedded
+    torch.set_num_threads(1)
+    result = run_constrained(
+        model, tokenizer, StreamRAGConfig(data_dir=data_dir), tmp_path, max_tokens=96, prompts=1, progress=False
+    )
+    assert json.loads((tmp_path / "constrained.json").read_text())["workloads"] == result["workloads"]
+    assert_png(tmp_path / "constrained.png")
+    workloads = result["workloads"]
+    assert list(workloads) == list(WORKLOADS)
+    text = workloads["text"]
+    assert text["tokens"] == 96 and text["grammar_ms_per_token"] == 0 and text["ms_per_token_ratio"] == 1.0
+    for name in ("json_schema", "tool_call"):
+        assert workloads[name]["valid"] == "1/1"
+        assert workloads[name]["grammar_ms_per_token"] > 0  # measured, inside the grammar's own calls
+        assert workloads[f"{name}_no_jump"]["tokens_per_step"] == 1.0
+    # The tool call's fixed head is written for the model: many tokens per forward pass.
+    assert workloads["tool_call"]["tokens_per_step"] > 2
+    assert workloads["tool_call"]["ms_per_step_ratio"] > 0

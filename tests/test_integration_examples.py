@@ -86,3 +86,30 @@ def test_an_example_runs_as_a_script_on_the_embedded_defaults(embedded, data_dir
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "> What do I love?" in done.stdout and "new tokens]" in done.stdout
+
+
+def test_langgraph_agent_recalls_an_early_tool_result_after_it_left_the_window(examples, small_window):
+    out = examples("langgraph_agent").main(resources=small_window, max_tokens=48, small_talk=8)
+    session = out["session"]
+    calls = [c for m in out["messages"] if getattr(m, "tool_calls", None) for c in m.tool_calls]
+    assert [(c["name"], c["args"]) for c in calls[:2]] == [
+        ("get_weather", {"city": "Porto"}),
+        ("find_order", {"number": "7781"}),
+    ]
+    stored = small_window.transcript.messages(session.session_id, include_superseded=True)
+    assert not any(m.superseded_at for m in stored)  # every call of the thread extended the session
+    porto = next(m for m in stored if m.role == "tool" and "PX-4412" in m.content)
+    assert out["evicted_tokens"] > 0 and porto.message_id not in session.lm.ledger.resident_ranges()
+    # The last question's memory block brought the evicted tool result back into the context.
+    last_block = [m for m in stored if m.role == "memory"][-1]
+    assert "PX-4412 warns of sea fog after sunset" in last_block.content
+    assert stored[-1].role == "assistant" and stored[-1].content
+
+
+def test_llamaindex_function_agent_calls_its_tools_in_one_session(examples, small_window):
+    answers = examples("llamaindex_function_agent").main(resources=small_window, max_new_tokens=48)
+    assert len(answers) == 2 and all(answers)
+    stored = small_window.transcript.messages("function-agent-demo", include_superseded=True)
+    assert not any(m.superseded_at for m in stored)  # the second run extended the session
+    tools = [m.content for m in stored if m.role == "tool"]
+    assert any("PX-4412" in t for t in tools) and any("Nordpost" in t for t in tools)

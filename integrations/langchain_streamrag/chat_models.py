@@ -20,7 +20,7 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, BaseMessageChunk
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages.tool import invalid_tool_call, tool_call_chunk
 from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticToolsParser
 from langchain_core.output_parsers.pydantic import PydanticOutputParser
@@ -34,7 +34,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_streamrag._common import model_label, resolve_resources, to_history
 from streamrag.session import Assistant, Resources
-from streamrag.tools import ToolCallStream
+from streamrag.tools import ToolCall, ToolCallStream
 
 _DONE = object()
 
@@ -233,12 +233,22 @@ class ChatStreamRAG(BaseChatModel):
             return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback], exception_key="parsing_error")
         return llm | parser
 
-    def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]):
-        """The reply as chunks: text and tool-call pieces as they stream, then a last one with usage and metadata."""
+    def _chunks(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        parsed: list[tuple[str, list[ToolCall]]] | None = None,
+    ):
+        """The reply as chunks: text and tool-call pieces as they stream, then a last one with usage and metadata.
+
+        With tools, the reply's content and complete calls as parsed from its whole text are appended to
+        ``parsed`` at the end (a call cut off by ``max_tokens`` is not among them).
+        """
         session = self.get_session(kwargs.get("session_id"))
         settings = self._generation(stop, kwargs)
         reply = session.stream_messages(to_history(messages), **settings)
-        calls = ToolCallStream(session.lm.tool_format.syntax) if settings.get("tools") else None
+        calls = ToolCallStream(session.lm.tool_format.syntax) if reply.plan.offers_calls else None
         try:
             for piece in reply:
                 if calls is None:
@@ -250,6 +260,8 @@ class ChatStreamRAG(BaseChatModel):
                 yield _event_chunk(event)
         finally:
             reply.close()
+        if calls is not None and parsed is not None:
+            parsed.append(calls.calls())
         sync, turn = reply.sync, reply.stats
         reused = sync.reused_tokens if sync else 0
         prefilled = (sync.prefilled_tokens if sync else 0) + turn.prefilled_tokens
@@ -299,8 +311,9 @@ class ChatStreamRAG(BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        chunks = list(self._chunks(messages, stop, kwargs))
-        return _result(chunks)
+        parsed: list = []
+        chunks = list(self._chunks(messages, stop, kwargs, parsed))
+        return _result(chunks, parsed)
 
     async def _astream(
         self,
@@ -328,8 +341,9 @@ class ChatStreamRAG(BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        chunks = await run_in_executor(None, lambda: list(self._chunks(messages, stop, kwargs)))
-        return _result(chunks)
+        parsed: list = []
+        chunks = await run_in_executor(None, lambda: list(self._chunks(messages, stop, kwargs, parsed)))
+        return _result(chunks, parsed)
 
 
 def _event_chunk(event) -> ChatGenerationChunk:
@@ -345,11 +359,36 @@ def _event_chunk(event) -> ChatGenerationChunk:
     return ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[piece]))
 
 
-def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
-    """The chunks merged (text joined, tool-call pieces assembled into ``tool_calls``) as one message."""
+def _result(chunks: list[ChatGenerationChunk], parsed: list[tuple[str, list[ToolCall]]]) -> ChatResult:
+    """The chunks merged (text joined, tool-call pieces assembled into ``tool_calls``) as one message.
+
+    With tools, ``parsed`` holds the reply's own parse. A call that ``max_tokens`` cut off is not a call:
+    LangChain's lenient partial-JSON parse would turn ``{"city": "Por`` into ``{"city": "Por"}`` and an
+    agent would run the tool with it. It becomes an ``invalid_tool_call``, and the content is the text
+    as the model wrote it, so the message sent back next time matches the session (no fork).
+    """
     merged = chunks[0].message
     for chunk in chunks[1:]:
         merged = merged + chunk.message
     message = message_chunk_to_message(merged)
+    if parsed:
+        content, complete = parsed[0]
+        written = {call.id for call in complete}
+        message = message.model_copy(
+            update={
+                "content": content,
+                "tool_calls": [c for c in message.tool_calls if c["id"] in written],
+                "invalid_tool_calls": [
+                    *message.invalid_tool_calls,
+                    *(
+                        invalid_tool_call(
+                            name=c["name"], args=c["args"], id=c["id"], error="the reply ended before the call did"
+                        )
+                        for c in merged.tool_call_chunks
+                        if c["id"] not in written
+                    ),
+                ],
+            }
+        )
     message.id = None  # LangChain assigns the run id, as for any model
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=chunks[-1].generation_info)])

@@ -175,7 +175,7 @@ class StreamRAGLLM(FunctionCallingLLM):
         def gen() -> ChatResponseGen:
             text = ""
             reply = session.stream_messages(history, **generation)
-            calls = ToolCallStream(session.lm.tool_format.syntax) if generation.get("tools") else None
+            calls = ToolCallStream(session.lm.tool_format.syntax) if reply.plan.offers_calls else None
             try:
                 for piece in reply:
                     events = [piece] if calls is None else [e.text for e in calls.push(piece) if e.kind == "text"]
@@ -187,7 +187,12 @@ class StreamRAGLLM(FunctionCallingLLM):
                     yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
             finally:
                 reply.close()
-            tool_calls = calls.calls()[1] if calls is not None else []
+            # The reply's own parse: a call cut off by max_tokens is no call, and stays in the text as written
+            # (so the message sent back next time matches the session).
+            if calls is not None:
+                text, tool_calls = calls.calls()
+            else:
+                tool_calls = []
             sync = reply.sync
             info = {
                 "session_id": session.session_id,

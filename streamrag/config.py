@@ -140,7 +140,11 @@ class GenerationSettings(_Section):
     temperature: float = Field(default=0.7, ge=0.0, description="0 means greedy decoding.")
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     top_k: int = Field(default=50, ge=0, description="0 disables top-k.")
-    repetition_penalty: float = Field(default=1.1, gt=0.0, description="1.0 disables it.")
+    repetition_penalty: float = Field(
+        default=1.1,
+        gt=0.0,
+        description="1.0 disables it. In JSON and tool calls it looks at the reply's own tokens: they copy values.",
+    )
     repetition_window: int = Field(
         default=256, ge=0, description="How many recent cached tokens the repetition penalty looks at."
     )

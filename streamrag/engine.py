@@ -592,8 +592,11 @@ class StreamingLM:
             logits = self._last_logits
             if logits is None:
                 raise RuntimeError("nothing to continue from: feed a message before generating")
+            written, own = "", []  # the reply's text and tokens so far
+            structured = False  # inside JSON or a call (then the repetition penalty looks at the reply alone)
             while stats.generated_tokens < settings.max_new_tokens:
-                token = self._sample(logits, processors, settings, generator, constraint)
+                structured = structured or (constraint is not None and constraint.structured(written))
+                token = self._sample(logits, processors, settings, generator, constraint, own if structured else None)
                 if token in self.eos_token_ids and (not settings.ignore_eos or constraint is not None):
                     stats.stop_reason = "eos"
                     break
@@ -611,6 +614,8 @@ class StreamingLM:
                     self.ledger.extend_text(ref.message_id, piece)
                     self.ledger.append(ref.message_id, token, produced, produced + len(piece))
                     produced += len(piece)
+                    written += piece
+                    own.append(token)
                     visible += stops.push(piece)
                 logits = self._forward(step)[-1]
                 self._last_logits = logits
@@ -647,14 +652,26 @@ class StreamingLM:
             self.ledger.close_message(ref.message_id)
 
     def _sample(
-        self, logits: torch.Tensor, processors, settings: GenerationSettings, generator, constraint=None
+        self,
+        logits: torch.Tensor,
+        processors,
+        settings: GenerationSettings,
+        generator,
+        constraint=None,
+        own_tokens: list[int] | None = None,
     ) -> int:
+        """The next token. The repetition penalty looks at the last ``repetition_window`` cached tokens, or
+        at ``own_tokens`` alone (the reply's, inside JSON or a call): arguments copy values from the
+        conversation, and at 1.1 over the window ``magic_function(3)`` became ``{"input": 1234567890}``
+        (the "3" was in the question), while without any penalty a JSON string looped ("A cat is a cat,
+        right? A cat is a cat, right? ...")."""
         scores = logits.unsqueeze(0)
         if constraint is not None:
             # Masked first, so top-k/top-p choose among tokens the grammar allows.
             scores = constraint.mask(scores.clone())
         if settings.repetition_penalty != 1.0 and settings.repetition_window > 0:
-            recent = self.ledger.token_ids(-settings.repetition_window)
+            window = settings.repetition_window
+            recent = self.ledger.token_ids(-window) if own_tokens is None else own_tokens[-window:]
             if recent:
                 history = torch.tensor([recent], dtype=torch.long, device=scores.device)
                 scores = RepetitionPenaltyLogitsProcessor(settings.repetition_penalty)(history, scores)

@@ -55,11 +55,13 @@ def _xgrammar():
 class Constraint:
     """One reply's grammar state: mask the logits, accept the chosen token."""
 
-    def __init__(self, matcher, vocab_size: int, description: str):
+    def __init__(self, matcher, vocab_size: int, description: str, trigger: str | None = None):
         xgr = _xgrammar()
         self._matcher = matcher
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self.description = description
+        self.trigger = trigger
+        """The reply is free text until this opens a structured part (tool_choice auto); None: all structured."""
         self.steps = 0
         self.seconds = 0.0
         """Time spent in the grammar (masks, accepts, forced text): what constraining costs this reply."""
@@ -108,6 +110,11 @@ class Constraint:
         finally:
             self.seconds += time.perf_counter() - began
 
+    def structured(self, written: str) -> bool:
+        """Is the reply, ``written`` so far, inside JSON or a call? (There values are copied from the
+        conversation: the engine's repetition penalty then looks at the reply's own tokens only.)"""
+        return self.trigger is None or self.trigger in written
+
     @property
     def finished(self) -> bool:
         """The grammar is complete: only an end-of-turn token may follow."""
@@ -139,11 +146,11 @@ class GrammarCompiler:
                 self._compiled.popitem(last=False)
         return compiled
 
-    def _constraint(self, key: str, build, description: str) -> Constraint:
+    def _constraint(self, key: str, build, description: str, trigger: str | None = None) -> Constraint:
         xgr = _xgrammar()
         compiled = self._compile(key, build)
         matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=self.stop_token_ids)
-        return Constraint(matcher, self.vocab_size, description)
+        return Constraint(matcher, self.vocab_size, description, trigger)
 
     def json_schema(self, schema: Mapping[str, Any]) -> Constraint:
         """The whole reply is one JSON value valid under ``schema``, written compactly (``{"a": 1, "b": 2}``)."""
@@ -178,6 +185,7 @@ class GrammarCompiler:
             }
             for tool in chosen
         ]
+        trigger = None
         if choice.mode == "auto":
             trigger = syntax.begin or '{"name"'
             fmt: dict[str, Any] = {
@@ -196,7 +204,9 @@ class GrammarCompiler:
             }
         spec = json.dumps({"type": "structural_tag", "format": fmt})
         description = f"tool_choice {choice.name or choice.mode} over {', '.join(t.name for t in chosen)}"
-        return self._constraint("tools:" + spec, lambda: self._compiler.compile_structural_tag(spec), description)
+        return self._constraint(
+            "tools:" + spec, lambda: self._compiler.compile_structural_tag(spec), description, trigger
+        )
 
 
 # The escapes json.dumps(ensure_ascii=False) writes: the two that must be escaped, the named controls, and

@@ -139,6 +139,16 @@ def comparable(message: HistoryMessage, syntax: ToolSyntax = HERMES) -> tuple[st
     return message.role, message.content
 
 
+def shared_prefix(held: list[HistoryMessage], incoming: list[HistoryMessage], syntax: ToolSyntax = HERMES) -> int:
+    """How many leading messages two conversations have in common, compared as the model saw them."""
+    count = 0
+    for a, b in zip(held, incoming):
+        if comparable(a, syntax) != comparable(b, syntax):
+            break
+        count += 1
+    return count
+
+
 def plan_sync(held: Iterable, incoming: Iterable, syntax: ToolSyntax = HERMES) -> SyncPlan:
     """Extend when ``incoming`` starts with all of ``held``; otherwise the session must fork."""
     held = normalise(held, syntax)

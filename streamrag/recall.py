@@ -335,6 +335,7 @@ class RecallPolicy:
         neighbours: Neighbours | None = None,
         window: Sequence[StoredMessage] = (),
         speakers: Collection[str] = (),
+        skip: Collection[str] = (),
     ) -> RecallResult:
         """The memory block for ``message``, asked at ``now`` (Unix time; the current time by default).
 
@@ -343,14 +344,19 @@ class RecallPolicy:
         looks up the turns around a message (the transcript's), ``window``
         are the messages wholly in the cache (a newer version of a recalled
         fact there marks the recalled one as earlier), ``speakers`` the
-        names of the conversation's participants.
+        names of the conversation's participants, ``skip`` messages never to
+        recall (drafts of this very answer: see ``Transcript.drafts_of``).
         """
         settings = self.settings
         if not settings.enabled or settings.top_k == 0 or not message.strip():
             return RecallResult(message, [], "", 0, 0)
         found, query, period, unavailable = self.candidates(session_id, message, recent, pending, now, speakers)
         resident = resident or {}
-        relevant = [m for m in found if m.score >= settings.min_score and not _overlaps_window(m, resident)]
+        relevant = [
+            m
+            for m in found
+            if m.score >= settings.min_score and not _overlaps_window(m, resident) and m.message_id not in skip
+        ]
         unique = self.without_repeats(relevant)
         ordered, earlier = self.versions_first(
             unique, message, self._window(window, message, unique[: settings.top_k * 2])

@@ -37,7 +37,7 @@ from streamrag.chunking import Chunk
 from streamrag.config import ConfigError, StreamRAGConfig, set_dotted
 from streamrag.engine import FLAT_SETTINGS, CacheStats, Generation, StreamingLM, TurnStats, config_from_settings
 from streamrag.forgetting import Forgotten
-from streamrag.history import HistoryMessage, as_message, comparable, normalise, plan_sync
+from streamrag.history import HistoryMessage, as_message, normalise, plan_sync, shared_prefix
 from streamrag.indexer import Indexer
 from streamrag.ledger import EvictedSpan
 from streamrag.recall import RecallPolicy, RecallResult
@@ -160,6 +160,51 @@ class Resources:
             self.indexer.close()
         self.archive.close()
         self.transcript.close()
+
+
+class AnonymousSessions:
+    """Conversations a framework sends without a session id, told apart by their messages.
+
+    An adapter with no session id (LangChain's and LlamaIndex's, by default)
+    keeps one of these: a message list goes to the session it continues, the
+    one sharing the longest opening with it (beyond a system prompt; an edit
+    or retry there forks that session, losing nothing); a list that shares
+    nothing with any starts a new session. So unrelated calls on one model
+    object are unrelated conversations, and one conversation sent whole on
+    every call still prefills only its new messages.
+    """
+
+    def __init__(self, limit: int = 16):
+        self.limit = limit
+        """How many recent conversations a list is compared with (each comparison reads one transcript)."""
+        self._ids: list[str] = []
+        self._lock = threading.Lock()
+
+    def latest(self, resources: Resources) -> Assistant:
+        """The conversation used last (a new one if none yet)."""
+        with self._lock:
+            session_id = self._ids[-1] if self._ids else None
+        return self._remember(resources.session(session_id))
+
+    def for_messages(self, resources: Resources, messages) -> Assistant:
+        """The session ``messages`` continue, else a new one."""
+        with self._lock:
+            known = list(self._ids[-self.limit :])
+        best, best_shared = None, 0
+        for session_id in reversed(known):  # the most recent first: it wins a tie
+            session = resources.session(session_id)
+            shared = session.continued_by(messages)
+            if shared > best_shared:
+                best, best_shared = session, shared
+        return self._remember(best or resources.session(None))
+
+    def _remember(self, session: Assistant) -> Assistant:
+        with self._lock:
+            if session.session_id in self._ids:
+                self._ids.remove(session.session_id)
+            self._ids.append(session.session_id)
+            del self._ids[: -self.limit]
+        return session
 
 
 MAX_NAME_CHARS = 100
@@ -798,6 +843,7 @@ class Assistant:
                 and resident.get(m.message_id, (1, 0))[0] == 0
             ]
         recent = [m.content for m in window[-settings.context_messages :]] if settings.context_messages else []
+        drafts = self.transcript.drafts_of(self.session_id, text) if settings.enabled and settings.top_k else set()
         return self.recall_policy.recall(
             self.session_id,
             text,
@@ -808,6 +854,7 @@ class Assistant:
             neighbours=self.transcript.neighbours,
             window=window,
             speakers=self._speaker_names(),
+            skip=drafts,
         )
 
     def _speaker_names(self) -> set[str]:
@@ -927,7 +974,8 @@ class Assistant:
             self._finish_open_reply()
             return self._sync(incoming)
 
-    def _sync(self, incoming: list[HistoryMessage]) -> SyncResult:
+    def _held(self, incoming: list[HistoryMessage]) -> tuple[list[StoredMessage], list[HistoryMessage]]:
+        """The session's conversation as stored and as messages, to compare with a client's ``incoming`` list."""
         stored = [m for m in self.transcript.messages(self.session_id) if m.role not in CONTEXT_ROLES]
         held = [HistoryMessage(m.role, m.content) for m in stored]
         prompt = self.config.system_prompt
@@ -935,6 +983,20 @@ class Assistant:
             if not incoming or incoming[0].role != "system":
                 # The configured prompt the session added itself; clients need not repeat it.
                 stored, held = stored[1:], held[1:]
+        return stored, held
+
+    def continued_by(self, messages) -> int:
+        """How many leading messages of a client's list this conversation already has (0 if they only share
+        a system prompt: two conversations with one prompt are still two)."""
+        syntax = self.lm.tool_format.syntax
+        incoming = normalise(messages, syntax)
+        with self._lock:
+            _, held = self._held(incoming)
+        common = shared_prefix(held, incoming, syntax)
+        return common if any(m.role != "system" for m in incoming[:common]) else 0
+
+    def _sync(self, incoming: list[HistoryMessage]) -> SyncResult:
+        stored, held = self._held(incoming)
         syntax = self.lm.tool_format.syntax
         plan = plan_sync(held, incoming, syntax)
         before = self.lm.stats()
@@ -947,11 +1009,7 @@ class Assistant:
                 False, False, 0, len(plan.new), before.cache_tokens, after.prefilled_tokens - before.prefilled_tokens
             )
 
-        common = 0
-        while common < min(len(held), len(incoming)) and comparable(held[common], syntax) == comparable(
-            incoming[common], syntax
-        ):
-            common += 1
+        common = shared_prefix(held, incoming, syntax)
         fork_seq = stored[common - 1].seq if common else self._kept_prompt_seq()
         superseded = self.transcript.supersede_after(self.session_id, fork_seq)
         rewound = bool(superseded) and self.lm.truncate_to(superseded[0].message_id)

@@ -49,7 +49,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # "tool": a tool's result, fed like any message; "memory" and "tool_spec": what the session itself put in
 # the context (recalled memories, the tools' instructions), recorded for the audit trail and never re-fed.
 ROLES = ("system", "user", "assistant", "tool", "memory", "tool_spec")
@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS {{messages}} (
     UNIQUE (session_id, seq)
 );
 CREATE INDEX IF NOT EXISTS messages_by_session_seq ON messages (session_id, seq);
+CREATE INDEX IF NOT EXISTS messages_superseded ON messages (session_id, seq) WHERE superseded_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at);
 CREATE TABLE IF NOT EXISTS evicted (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,6 +102,7 @@ _MESSAGES_TABLE = _SCHEMA_TEMPLATE.split(";")[1]
 # Schema 1 -> 2: superseded messages instead of deleted ones; the eviction log.
 # Schema 2 -> 3: the tool roles. SQLite cannot change a CHECK in place, so the table is copied whole,
 # inside the migration's transaction (a failure leaves the old table as it was).
+# Schema 3 -> 4: the index of superseded messages (drafts_of); created with the rest of the schema.
 _MIGRATIONS = {
     1: ["ALTER TABLE messages ADD COLUMN superseded_at REAL"],
     2: [
@@ -595,6 +597,34 @@ class Transcript:
                         text = text[: text.rfind(" ", 0, clip) if " " in text[:clip] else clip]
                     found[message_id] = f"{speaker_of(before.role, before.meta)}: {text}"
         return found
+
+    def drafts_of(self, session_id: str, question: str) -> set[str]:
+        """Superseded copies of ``question`` (a user message) and the replies that answered them.
+
+        A client that re-sends a list, or a regenerated answer, supersedes an
+        earlier attempt at the same question: those are drafts of the reply
+        being written now, not memories of the conversation (recalled beside
+        the question, the 135M model answered its old copy, not the new one).
+        """
+        drafts: set[str] = set()
+        with self._read() as conn:
+            copies = conn.execute(
+                "SELECT message_id, seq, superseded_at FROM messages WHERE session_id = ? AND role = 'user' "
+                "AND superseded_at IS NOT NULL AND content = ?",
+                (session_id, question),
+            ).fetchall()
+            for message_id, seq, superseded_at in copies:
+                drafts.add(message_id)
+                later = conn.execute(
+                    "SELECT message_id, role FROM messages WHERE session_id = ? AND superseded_at = ? AND seq > ? "
+                    "ORDER BY seq",
+                    (session_id, superseded_at, seq),
+                )
+                for later_id, role in later:
+                    if role == "user":
+                        break
+                    drafts.add(later_id)
+        return drafts
 
     def neighbours(
         self, message_id: str, before: int = 1, after: int = 1

@@ -142,3 +142,30 @@ def test_the_completion_llm_streams_and_fires_token_callbacks(roomy):
     assert "".join(handler.tokens) == text
     again = llm.invoke("The three primary colours are")
     assert again == text  # greedy, and each call starts from a fresh context
+
+
+def test_without_a_session_id_the_messages_say_which_conversation_a_call_continues(roomy):
+    chat = ChatStreamRAG(resources=roomy, max_tokens=4)
+    opening = [HumanMessage("My cat is called Tom.")]
+    first = chat.invoke(opening)
+    cat = first.response_metadata["session_id"]
+    follow = chat.invoke([*opening, first, HumanMessage("What is my cat called?")])
+    meta = follow.response_metadata
+    assert meta["session_id"] == cat and not meta["forked"]
+    assert follow.usage_metadata["input_token_details"]["cache_read"] > 0  # the cache was reused, not rebuilt
+
+    # An unrelated call is an unrelated conversation: nothing of the cat session is superseded or recalled.
+    other = chat.invoke([HumanMessage("Name a colour of the rainbow.")])
+    assert other.response_metadata["session_id"] != cat and not other.response_metadata["forked"]
+    assert not any(m.superseded_at for m in roomy.transcript.messages(cat, include_superseded=True))
+
+    # A retry of the cat conversation's last question goes back to it (and forks it there, losing nothing).
+    retry = chat.invoke([*opening, first, HumanMessage("How old is my cat?")])
+    assert retry.response_metadata["session_id"] == cat and retry.response_metadata["forked"]
+    assert chat.get_session().session_id == cat  # the conversation used last
+
+    # A shared system prompt alone does not make two conversations one.
+    prompt = SystemMessage("You are a helpful assistant.")
+    a = chat.invoke([prompt, HumanMessage("Hello from Ana.")]).response_metadata["session_id"]
+    b = chat.invoke([prompt, HumanMessage("Hello from Ben.")]).response_metadata["session_id"]
+    assert len({a, b, cat, other.response_metadata["session_id"]}) == 4

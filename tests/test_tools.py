@@ -236,6 +236,20 @@ def test_a_forced_call_has_arguments_valid_under_its_schema(make_resources, choi
     assert stored[-1].content == reply.text  # what the model wrote, exactly
 
 
+def test_a_call_copies_its_argument_from_the_question_despite_the_repetition_penalty(make_resources):
+    """Inside a call the repetition penalty (1.1 by default) looks at the reply's own tokens only: over the
+    window the "3" of the question lost to "1" and the call read {"input": 1234567890}."""
+    resources = make_resources(generation={"temperature": 0, "max_new_tokens": 48})
+    assert resources.config.generation.repetition_penalty > 1
+    magic = {
+        "name": "magic_function",
+        "description": "Apply a magic function to an input.",
+        "parameters": {"type": "object", "properties": {"input": {"type": "integer"}}, "required": ["input"]},
+    }
+    reply = Assistant(resources).stream("What is the value of magic_function(3)? Use the tool.", tools=[magic])
+    assert [(c.name, c.arguments) for c in reply.result().tool_calls] == [("magic_function", {"input": 3})]
+
+
 def test_sampled_json_replies_are_valid_every_time(make_resources):
     """Temperature 1.0, top-k 50: the grammar still leaves only valid continuations."""
     schema = {

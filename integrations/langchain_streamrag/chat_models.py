@@ -10,7 +10,6 @@ archived, never deleted, and ``response_metadata`` says so.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
@@ -33,7 +32,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_streamrag._common import model_label, resolve_resources, to_history
-from streamrag.session import Assistant, Resources
+from streamrag.session import AnonymousSessions, Assistant, Resources
 from streamrag.tools import ToolCall, ToolCallStream
 
 _DONE = object()
@@ -43,8 +42,10 @@ class ChatStreamRAG(BaseChatModel):
     """A chat model on a local LM with an attention-sink cache and recall of evicted text.
 
     The session id comes from ``config["configurable"]["session_id"]`` (or
-    LangGraph's ``thread_id``), else the ``session_id`` field, else one id per
-    model instance.
+    LangGraph's ``thread_id``), else the ``session_id`` field. Without one,
+    the messages say which conversation a call belongs to: the one of this
+    model object that they continue, else a new one (see
+    :class:`~streamrag.session.AnonymousSessions`).
 
     >>> chat = ChatStreamRAG(max_tokens=64)
     >>> chat.invoke("Hello!", config={"configurable": {"session_id": "ada"}})
@@ -69,7 +70,7 @@ class ChatStreamRAG(BaseChatModel):
     streaming: bool = False
     """``invoke`` streams internally (callbacks see every token)."""
 
-    _default_session: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
+    _anonymous: AnonymousSessions = PrivateAttr(default_factory=AnonymousSessions)
 
     # -- LangChain identity ----------------------------------------------
     @property
@@ -113,8 +114,12 @@ class ChatStreamRAG(BaseChatModel):
         return self.resources
 
     def get_session(self, session_id: str | None = None) -> Assistant:
-        """The streamrag session (an :class:`~streamrag.session.Assistant`) behind ``session_id``."""
-        return self.get_resources().session(session_id or self.session_id or self._default_session)
+        """The streamrag session (an :class:`~streamrag.session.Assistant`) behind ``session_id``; without
+        an id or a ``session_id`` field, the conversation this model object used last."""
+        session_id = session_id or self.session_id
+        if session_id is None:
+            return self._anonymous.latest(self.get_resources())
+        return self.get_resources().session(session_id)
 
     # The configurable session id reaches _generate/_stream as a keyword argument.
     @staticmethod
@@ -199,7 +204,9 @@ class ChatStreamRAG(BaseChatModel):
 
         ``json_schema`` (the default) constrains the reply to JSON under the
         schema; ``function_calling`` forces a call of a tool with the schema as
-        its arguments; ``json_mode`` constrains it to any JSON object.
+        its arguments; ``json_mode`` asks for JSON, and since the schema is
+        known here, it is constrained to it too (left to any JSON object, the
+        135M model answered a Joke schema with ``{"setup": 1, "punchline": 2}``).
         """
         kwargs.pop("strict", None)
         if kwargs:
@@ -217,12 +224,9 @@ class ChatStreamRAG(BaseChatModel):
                 else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
             )
         elif method in ("json_schema", "json_mode"):
-            if method == "json_schema":
-                json_schema = convert_to_json_schema(schema)
-                name = json_schema.get("title") or "response"
-                response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}
-            else:
-                response_format = {"type": "json_object"}
+            json_schema = convert_to_json_schema(schema)
+            name = json_schema.get("title") or "response"
+            response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}
             llm = self.bind(response_format=response_format, ls_structured_output_format=structured)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
         else:
@@ -245,9 +249,14 @@ class ChatStreamRAG(BaseChatModel):
         With tools, the reply's content and complete calls as parsed from its whole text are appended to
         ``parsed`` at the end (a call cut off by ``max_tokens`` is not among them).
         """
-        session = self.get_session(kwargs.get("session_id"))
+        history = to_history(messages)
+        session_id = kwargs.get("session_id") or self.session_id
+        if session_id is None:
+            session = self._anonymous.for_messages(self.get_resources(), history)
+        else:
+            session = self.get_session(session_id)
         settings = self._generation(stop, kwargs)
-        reply = session.stream_messages(to_history(messages), **settings)
+        reply = session.stream_messages(history, **settings)
         calls = ToolCallStream(session.lm.tool_format.syntax) if reply.plan.offers_calls else None
         try:
             for piece in reply:

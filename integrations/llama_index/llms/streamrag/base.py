@@ -17,7 +17,6 @@ generates.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +41,7 @@ from llama_index.core.llms.llm import ToolSelection
 from streamrag.config import StreamRAGConfig
 from streamrag.engine import StreamingLM
 from streamrag.history import HistoryMessage, timestamp_of
-from streamrag.session import Assistant, Resources
+from streamrag.session import AnonymousSessions, Assistant, Resources
 from streamrag.tools import ToolCall, ToolCallStream
 
 if TYPE_CHECKING:
@@ -73,7 +72,10 @@ class StreamRAGLLM(FunctionCallingLLM):
 
     config: Any = Field(default=None, description="A StreamRAGConfig, a YAML path, or None for the defaults.")
     resources: Any = Field(default=None, exclude=True, description="Already loaded resources to share.")
-    session_id: str | None = Field(default=None, description="The persistent session; one per instance when None.")
+    session_id: str | None = Field(
+        default=None,
+        description="The persistent session; when None, the conversation the messages continue, else a new one.",
+    )
     temperature: float | None = None
     max_new_tokens: int | None = None
     top_p: float | None = None
@@ -82,7 +84,7 @@ class StreamRAGLLM(FunctionCallingLLM):
     seed: int | None = None
     stop: list[str] | None = None
 
-    _default_session: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
+    _anonymous: AnonymousSessions = PrivateAttr(default_factory=AnonymousSessions)
     _lm: StreamingLM | None = PrivateAttr(default=None)
 
     @classmethod
@@ -97,7 +99,10 @@ class StreamRAGLLM(FunctionCallingLLM):
         return self.resources
 
     def get_session(self) -> Assistant:
-        return self.get_resources().session(self.session_id or self._default_session)
+        """The session behind ``session_id``; without one, the conversation this LLM object used last."""
+        if self.session_id is None:
+            return self._anonymous.latest(self.get_resources())
+        return self.get_resources().session(self.session_id)
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -168,8 +173,11 @@ class StreamRAGLLM(FunctionCallingLLM):
 
     def _chat_responses(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponseGen:
         """The reply as responses: one per streamed text piece, then the whole message with its tool calls."""
-        session = self.get_session()
         history = [_history_message(m) for m in messages]
+        if self.session_id is None:  # see streamrag.session.AnonymousSessions
+            session = self._anonymous.for_messages(self.get_resources(), history)
+        else:
+            session = self.get_session()
         generation = self._generation(kwargs)
 
         def gen() -> ChatResponseGen:

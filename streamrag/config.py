@@ -168,9 +168,9 @@ class ToolSettings(_Section):
     auto: Literal["infer", "model", "router"] = Field(
         default="infer",
         description=(
-            "model: the model decides; router: a request close enough to a tool's description must call it; "
-            "infer: router for a model whose chat template knows no tools (it was not trained to call them), "
-            "else model."
+            "model: the model decides; router: a request close enough to a tool's description must call it, "
+            "and the reply after a tool's result answers in text; infer: router for a model whose chat template "
+            "knows no tools (it was not trained to call them), else model."
         ),
     )
     router_threshold: float = Field(

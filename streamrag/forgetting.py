@@ -56,7 +56,7 @@ class Forgotten:
         return len(self.memory_block_ids)
 
 
-def _compact(archive: Archive, wait: bool) -> tuple[float | None, int | None]:
+def compact(archive: Archive, wait: bool) -> tuple[float | None, int | None]:
     """Rewrite the archive's files now (``wait``) or in the background; (seconds, ticket)."""
     if wait:
         return round(archive.compact(), 3), None
@@ -71,6 +71,7 @@ def forget_message(
     keep_record: bool = False,
     wait: bool = True,
     reindex: Callable[[str], object] | None = None,
+    rewrite: bool = True,
 ) -> Forgotten:
     """Erase one message of ``session_id`` from the archive and the transcript database (see the module doc).
 
@@ -80,6 +81,8 @@ def forget_message(
     archive's files are rewritten in the background (seconds per 10k chunks).
     ``reindex`` re-embeds a message's stored chunks (the indexer's): the
     message after the forgotten one was embedded with it as context.
+    ``rewrite=False`` leaves the rewrite to the caller (:func:`compact`), for
+    one that must write to the archive first (see ``Assistant.forget_message``).
     """
     stored = transcript.get(message_id)
     if stored is None or stored.session_id != session_id:
@@ -93,7 +96,7 @@ def forget_message(
             reindex(after[0].message_id)
         except ArchiveUnavailable:
             logger.warning("could not re-embed message %s without the forgotten one before it", after[0].message_id)
-    seconds, ticket = _compact(archive, wait)
+    seconds, ticket = compact(archive, wait) if rewrite else (None, None)
     logger.info("forgot message %s of session %s: %d chunks, %s", message_id, session_id, chunks, counts)
     blocks = tuple(counts["memory_blocks"])
     return Forgotten((message_id,), chunks, counts["log_rows"], blocks, False, seconds, ticket)
@@ -107,7 +110,7 @@ def forget_session(transcript: Transcript, archive: Archive, session_id: str, wa
     log_rows = transcript.log_count(session_id)
     chunks = archive.forget(session_id)
     transcript.delete_session(session_id)
-    seconds, ticket = _compact(archive, wait)
+    seconds, ticket = compact(archive, wait)
     logger.info("forgot session %s: %d messages, %d chunks", session_id, len(ids), chunks)
     return Forgotten(ids, chunks, log_rows, blocks, False, seconds, ticket)
 

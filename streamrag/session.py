@@ -1147,16 +1147,29 @@ class Assistant:
             self._finish_open_reply()
             with self.indexer.paused():
                 forgotten = forgetting.forget_message(
-                    self.transcript, self.archive, self.session_id, message_id, keep_record, wait, self.indexer.reindex
+                    self.transcript,
+                    self.archive,
+                    self.session_id,
+                    message_id,
+                    keep_record,
+                    wait,
+                    self.indexer.reindex,
+                    rewrite=False,
                 )
             # The cache still holds what the transcript just lost: the message, or a memory block quoting it.
             resident = any(m in self.lm.ledger for m in (message_id, *forgotten.memory_block_ids))
             self._said.pop(message_id, None)
             if resident:
-                self._rebuild()
+                self._rebuild()  # logs what it does not re-feed, for the indexer
             else:
                 self._after_rewind()  # the turn count and the last reply as the transcript now says
-            return replace(forgotten, cache_rebuilt=resident)
+            # Index that now, before the files are rewritten: hnswlib fills unused bytes of what it writes
+            # with this process's stale memory, which held the forgotten text. The rewrite runs in a fresh
+            # process, so the files it leaves hold no such bytes (a write after it could: found by
+            # test_keeping_the_record_keeps_only_the_transcript_row when the indexer ran after the rewrite).
+            self.indexer.flush(self.session_id, timeout=30.0)  # forgetting is rare and takes seconds anyway
+            seconds, ticket = forgetting.compact(self.archive, wait)
+            return replace(forgotten, cache_rebuilt=resident, compact_seconds=seconds, compaction=ticket)
 
     def forget_session(self, wait: bool = False) -> Forgotten:
         """Delete this session everywhere: archive, eviction log, transcript and cache (and this handle).

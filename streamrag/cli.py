@@ -499,7 +499,7 @@ def bench_latency(
 
 @bench_app.command("constrained")
 def bench_constrained(
-    max_tokens: int = typer.Option(96, help="Most tokens per reply (free text runs exactly this many)."),
+    max_tokens: int = typer.Option(160, help="Most tokens per reply (free text runs exactly this many)."),
     repeats: int = typer.Option(1, help="Times over the prompts."),
     out: Path = OutOption,
     name: str = typer.Option("constrained", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),

@@ -37,7 +37,7 @@ def test_generate_streams_a_reply_with_constant_cache(config_file):
             "-p",
             "Count to ten:",
             "-n",
-            "300",
+            "200",
             "--raw",
             "--ignore-eos",
             "--window-tokens",
@@ -47,7 +47,7 @@ def test_generate_streams_a_reply_with_constant_cache(config_file):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "300 tokens" in result.output and "cache " in result.output
+    assert "200 tokens" in result.output and "cache " in result.output
     cache = result.output.split("cache ")[1].split(",")[0]
     used, capacity = map(int, cache.split("/"))
     assert capacity == 128 and used <= capacity

@@ -98,7 +98,7 @@ def run_constrained(
     config,
     out_dir: Path,
     *,
-    max_tokens: int = 96,
+    max_tokens: int = 160,
     repeats: int = 1,
     prompts: int = len(PROMPTS),
     name: str = "constrained",
@@ -201,6 +201,7 @@ def _summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "ms_per_step": rounded(1000 * seconds / steps, 3),
         "grammar_ms_per_token": rounded(1000 * grammar / tokens, 4),
         "valid": f"{sum(checked)}/{len(checked)}" if checked else None,
+        "cut_by_max_tokens": sum(e["stop_reason"] == "length" for e in entries),
     }
 
 

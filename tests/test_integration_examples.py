@@ -89,7 +89,7 @@ def test_an_example_runs_as_a_script_on_the_embedded_defaults(embedded, data_dir
 
 
 def test_langgraph_agent_recalls_an_early_tool_result_after_it_left_the_window(examples, small_window):
-    out = examples("langgraph_agent").main(resources=small_window, max_tokens=48, small_talk=8)
+    out = examples("langgraph_agent").main(resources=small_window, max_tokens=48, small_talk=6)
     session = out["session"]
     calls = [c for m in out["messages"] if getattr(m, "tool_calls", None) for c in m.tool_calls]
     assert [(c["name"], c["args"]) for c in calls[:2]] == [

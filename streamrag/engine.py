@@ -592,7 +592,7 @@ class StreamingLM:
             logits = self._last_logits
             if logits is None:
                 raise RuntimeError("nothing to continue from: feed a message before generating")
-            written, own = "", []  # the reply's text and tokens so far
+            written, own = "", []  # the reply's last characters (enough to spot a call's opening) and tokens
             structured = False  # inside JSON or a call (then the repetition penalty looks at the reply alone)
             while stats.generated_tokens < settings.max_new_tokens:
                 structured = structured or (constraint is not None and constraint.structured(written))
@@ -614,7 +614,7 @@ class StreamingLM:
                     self.ledger.extend_text(ref.message_id, piece)
                     self.ledger.append(ref.message_id, token, produced, produced + len(piece))
                     produced += len(piece)
-                    written += piece
+                    written = written[-_CALL_OPENING_CHARS:] + piece
                     own.append(token)
                     visible += stops.push(piece)
                 logits = self._forward(step)[-1]
@@ -680,6 +680,10 @@ class StreamingLM:
         scores = processors(None, scores)
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# How much of a reply's tail is kept to notice a structured part opening (a tool-call tag is ~12 characters).
+_CALL_OPENING_CHARS = 256
 
 
 def _processors(settings: GenerationSettings) -> LogitsProcessorList:

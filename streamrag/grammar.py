@@ -111,8 +111,8 @@ class Constraint:
             self.seconds += time.perf_counter() - began
 
     def structured(self, written: str) -> bool:
-        """Is the reply, ``written`` so far, inside JSON or a call? (There values are copied from the
-        conversation: the engine's repetition penalty then looks at the reply's own tokens only.)"""
+        """Has the reply entered JSON or a call, ``written`` being its latest text? (There values are copied
+        from the conversation: the engine's repetition penalty then looks at the reply's own tokens only.)"""
         return self.trigger is None or self.trigger in written
 
     @property

@@ -5,6 +5,7 @@ from streamrag.engine import CacheStats, Generation, MessageError, StreamingLM, 
 from streamrag.ledger import EvictedSpan, MessageRef
 
 __all__ = [
+    "AnonymousSessions",
     "Archive",
     "ArchiveUnavailable",
     "Assistant",
@@ -28,6 +29,7 @@ _LAZY = {
     "Archive": "streamrag.archive",
     "ArchiveUnavailable": "streamrag.archive",
     "Memory": "streamrag.archive",
+    "AnonymousSessions": "streamrag.session",
     "Assistant": "streamrag.session",
     "Resources": "streamrag.session",
     "Reply": "streamrag.session",

@@ -180,6 +180,15 @@ class AnonymousSessions:
         self._ids: list[str] = []
         self._lock = threading.Lock()
 
+    def resolve(self, resources: Resources, session_id: str | None, messages=None) -> Assistant:
+        """The session named ``session_id``; without a name, the one ``messages`` continue (else a new one),
+        or with no messages either, the conversation used last."""
+        if session_id is not None:
+            return resources.session(session_id)
+        if messages is not None:
+            return self.for_messages(resources, messages)
+        return self.latest(resources)
+
     def latest(self, resources: Resources) -> Assistant:
         """The conversation used last (a new one if none yet)."""
         with self._lock:

@@ -16,18 +16,12 @@ it from the archive into the context.
 
 from __future__ import annotations
 
+from _shop import find_order, get_weather
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_streamrag import ChatStreamRAG
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.prebuilt import create_react_agent
-
-# Forecasts a real tool would fetch; made up and distinctive, so a later recall is easy to see.
-_FORECASTS = {
-    "porto": "Porto: 17 C and drizzle; harbour station PX-4412 warns of sea fog after sunset.",
-    "lisbon": "Lisbon: 23 C and sunny, light wind from the north-west.",
-}
-_ORDERS = {"7781": "Order 7781: two walking boots, shipped Monday with carrier Nordpost, due Thursday."}
 
 # Conversation that has nothing to do with either tool: it fills the window so the early results leave it.
 SMALL_TALK = [
@@ -40,22 +34,10 @@ SMALL_TALK = [
 ]
 
 
-@tool
-def get_weather(city: str) -> str:
-    """Current weather and warnings for a city."""
-    return _FORECASTS.get(city.strip().lower(), f"{city}: no forecast available.")
-
-
-@tool
-def find_order(number: str) -> str:
-    """Look up a shop order by its order number."""
-    return _ORDERS.get(number.strip(), f"No order numbered {number}.")
-
-
 def main(resources=None, max_tokens: int = 64, small_talk: int = 12, thread: str = "agent-demo") -> dict:
     """Run the agent through a long thread; returns its messages and the session's numbers."""
     chat = ChatStreamRAG(resources=resources, max_tokens=max_tokens, temperature=0)
-    agent = create_react_agent(chat, [get_weather, find_order], checkpointer=InMemorySaver())
+    agent = create_react_agent(chat, [tool(get_weather), tool(find_order)], checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": thread}}
     session = chat.get_session(thread)
 

@@ -14,23 +14,11 @@ from __future__ import annotations
 
 import asyncio
 
+from _shop import find_order, get_weather
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.memory import Memory
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.streamrag import StreamRAGLLM
-
-_FORECASTS = {"porto": "Porto: 17 C and drizzle; harbour station PX-4412 warns of sea fog after sunset."}
-_ORDERS = {"7781": "Order 7781: two walking boots, shipped Monday with carrier Nordpost, due Thursday."}
-
-
-def get_weather(city: str) -> str:
-    """Current weather and warnings for a city."""
-    return _FORECASTS.get(city.strip().lower(), f"{city}: no forecast available.")
-
-
-def find_order(number: str) -> str:
-    """Look up a shop order by its order number."""
-    return _ORDERS.get(number.strip(), f"No order numbered {number}.")
 
 
 async def run(resources=None, max_new_tokens: int = 64) -> list[str]:

@@ -116,10 +116,7 @@ class ChatStreamRAG(BaseChatModel):
     def get_session(self, session_id: str | None = None) -> Assistant:
         """The streamrag session (an :class:`~streamrag.session.Assistant`) behind ``session_id``; without
         an id or a ``session_id`` field, the conversation this model object used last."""
-        session_id = session_id or self.session_id
-        if session_id is None:
-            return self._anonymous.latest(self.get_resources())
-        return self.get_resources().session(session_id)
+        return self._anonymous.resolve(self.get_resources(), session_id or self.session_id)
 
     # The configurable session id reaches _generate/_stream as a keyword argument.
     @staticmethod
@@ -250,11 +247,7 @@ class ChatStreamRAG(BaseChatModel):
         ``parsed`` at the end (a call cut off by ``max_tokens`` is not among them).
         """
         history = to_history(messages)
-        session_id = kwargs.get("session_id") or self.session_id
-        if session_id is None:
-            session = self._anonymous.for_messages(self.get_resources(), history)
-        else:
-            session = self.get_session(session_id)
+        session = self._anonymous.resolve(self.get_resources(), kwargs.get("session_id") or self.session_id, history)
         settings = self._generation(stop, kwargs)
         reply = session.stream_messages(history, **settings)
         calls = ToolCallStream(session.lm.tool_format.syntax) if reply.plan.offers_calls else None

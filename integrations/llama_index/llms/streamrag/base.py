@@ -100,9 +100,7 @@ class StreamRAGLLM(FunctionCallingLLM):
 
     def get_session(self) -> Assistant:
         """The session behind ``session_id``; without one, the conversation this LLM object used last."""
-        if self.session_id is None:
-            return self._anonymous.latest(self.get_resources())
-        return self.get_resources().session(self.session_id)
+        return self._anonymous.resolve(self.get_resources(), self.session_id)
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -174,10 +172,7 @@ class StreamRAGLLM(FunctionCallingLLM):
     def _chat_responses(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponseGen:
         """The reply as responses: one per streamed text piece, then the whole message with its tool calls."""
         history = [_history_message(m) for m in messages]
-        if self.session_id is None:  # see streamrag.session.AnonymousSessions
-            session = self._anonymous.for_messages(self.get_resources(), history)
-        else:
-            session = self.get_session()
+        session = self._anonymous.resolve(self.get_resources(), self.session_id, history)
         generation = self._generation(kwargs)
 
         def gen() -> ChatResponseGen:

@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -e ".[dev,langchain,llamaindex,app]"
+	$(PIP) install --quiet -e ".[dev,langchain,llamaindex,app,server,postgres]"
 	$(PIP) install --quiet --no-deps $(EMBEDDED) $(GRAMMAR)
 	touch $(STAMP)
 

@@ -36,6 +36,7 @@ from streamrag.archive import Archive, ArchiveUnavailable, Memory
 from streamrag.chunking import Chunk
 from streamrag.config import ConfigError, StreamRAGConfig, set_dotted
 from streamrag.engine import FLAT_SETTINGS, CacheStats, Generation, StreamingLM, TurnStats, config_from_settings
+from streamrag.fairlock import FairLock
 from streamrag.forgetting import Forgotten
 from streamrag.history import HistoryMessage, as_message, normalise, plan_sync, shared_prefix
 from streamrag.indexer import Indexer
@@ -67,7 +68,9 @@ class Resources:
 
     ``lock`` serialises forward passes on the shared model: one at a time,
     whichever conversation it belongs to. It is taken per step (a prefill, a
-    decoded token), never held while a caller reads a reply.
+    decoded token), never held while a caller reads a reply. :meth:`load`
+    makes it a :class:`~streamrag.fairlock.FairLock`, so concurrent replies
+    take turns token by token.
     """
 
     config: StreamRAGConfig
@@ -75,7 +78,7 @@ class Resources:
     tokenizer: object
     archive: Archive
     transcript: Transcript
-    lock: threading.Lock
+    lock: threading.Lock | FairLock
     indexer: Indexer | None = None
     active_at: float = 0.0  # monotonic time the model last finished a step
     _assistants: dict[str, Assistant] = field(default_factory=dict, repr=False, compare=False)
@@ -119,7 +122,7 @@ class Resources:
         model, tokenizer, _ = load_model(config.model, data_dir)
         archive = Archive(config.archive, data_dir)
         transcript = Transcript(config.transcript_path)
-        return cls(config, model, tokenizer, archive, transcript, threading.Lock())
+        return cls(config, model, tokenizer, archive, transcript, FairLock())
 
     @classmethod
     def shared(cls, config: StreamRAGConfig | None = None) -> Resources:

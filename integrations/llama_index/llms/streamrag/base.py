@@ -41,13 +41,13 @@ from llama_index.core.llms.llm import ToolSelection
 from streamrag.config import StreamRAGConfig
 from streamrag.engine import StreamingLM
 from streamrag.history import HistoryMessage, timestamp_of
+from streamrag.models import EMBEDDED_MODEL_NAME
 from streamrag.session import AnonymousSessions, Assistant, Resources
 from streamrag.tools import ToolCall, ToolCallStream
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 _ROLES = {
     MessageRole.SYSTEM: "system",
     MessageRole.DEVELOPER: "system",

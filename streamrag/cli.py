@@ -204,6 +204,65 @@ def serve(
 
 
 @app.command()
+def api(
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    host: str | None = typer.Option(None, help="Address to bind (server.host, 127.0.0.1); others need an API key."),
+    port: int | None = typer.Option(None, help="Port (server.port, 8000)."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="STREAMRAG_API_KEY", help="Bearer token clients must send (server.api_key)."
+    ),
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """The OpenAI-compatible API: /v1/chat/completions, /v1/models, /v1/embeddings, session memory."""
+    _setup_logging(verbose)
+    cfg = load_config(
+        config,
+        **{
+            "model.spec": model,
+            "model.device": device,
+            "model.dtype": dtype,
+            "server.host": host,
+            "server.port": port,
+            "server.api_key": api_key,
+        },
+    )
+    try:
+        from streamrag import api as http_api
+    except ImportError as exc:
+        console.print(f"[red]error:[/red] the API server needs its extra: pip install 'streamrag[server]' ({exc})")
+        raise typer.Exit(1) from None
+    from streamrag.archive import ArchiveUnavailable
+    from streamrag.config import ConfigError
+    from streamrag.models import ModelLoadError
+    from streamrag.rope import UnsupportedModelError
+    from streamrag.session import Resources
+
+    if not http_api.is_loopback(cfg.server.host) and http_api.api_key_of(cfg.server) is None:
+        console.print(
+            f"[red]error:[/red] refusing to serve on {cfg.server.host} without an API key; "
+            "set --api-key or $STREAMRAG_API_KEY, or bind 127.0.0.1"
+        )
+        raise typer.Exit(1)
+    try:
+        with console.status("loading models..."):
+            resources = Resources.load(cfg)
+    except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"OpenAI-compatible API on http://{cfg.server.host}:{cfg.server.port}/v1")
+    try:
+        http_api.run(resources)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        resources.close()
+
+
+@app.command()
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="The user message."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n"),
@@ -533,6 +592,56 @@ def bench_constrained(
             f"{entry['ms_per_token_ratio']:.2f}x",
             entry["valid"] or "",
         )
+    Console().print(table)
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    clients: str = typer.Option("1,4,16", help="Concurrent client counts, comma-separated."),
+    turns: int = typer.Option(20, help="User messages per client (one conversation each)."),
+    max_tokens: int = typer.Option(32, help="Tokens per reply (exactly: end of turn ignored)."),
+    targets: str = typer.Option("api,gradio", help="api, gradio, or both (comma-separated)."),
+    out: Path = OutOption,
+    name: str = typer.Option("serve", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    threads: int | None = ThreadsOption,
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
+    dtype: str | None = DtypeOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """N concurrent clients x turns through the OpenAI API and the Gradio app: time to first token, tokens/s."""
+    _setup_logging(verbose)
+    cfg = load_config(config, **{"model.spec": model, "model.device": device, "model.dtype": dtype})
+    try:
+        counts = tuple(int(c) for c in clients.split(",") if c.strip())
+    except ValueError:
+        counts = ()
+    chosen = tuple(t.strip() for t in targets.split(",") if t.strip())
+    if not counts or min(counts) < 1 or turns < 1 or max_tokens < 1 or not set(chosen) <= {"api", "gradio"}:
+        console.print(
+            "[red]error:[/red] need --clients like 1,4,16, --turns >= 1, --max-tokens >= 1, targets api/gradio"
+        )
+        raise typer.Exit(2)
+    model_, tokenizer, _ = _load_model(cfg, threads)
+    from streamrag.bench.serve import run_serve
+
+    result = run_serve(model_, tokenizer, cfg, out, counts, turns, max_tokens, chosen, name)
+    table = Table(title=f"serving, {turns} turns per client, {max_tokens} tokens per reply")
+    for column in ("target", "clients", "TTFT p50 ms", "TTFT p95 ms", "tok/s per client", "tok/s total", "errors"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for target, runs in result["results"].items():
+        for count, entry in runs.items():
+            table.add_row(
+                target,
+                count,
+                str(entry["ttft_p50_ms"]),
+                str(entry["ttft_p95_ms"]),
+                str(entry["tokens_per_s_per_client"]),
+                str(entry["total_tokens_per_s"]),
+                str(entry["errors"]),
+            )
     Console().print(table)
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 

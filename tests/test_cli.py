@@ -106,3 +106,12 @@ def test_archive_commands_search_list_export_and_forget(config_file):
     gone = runner.invoke(app, ["archive", "forget", "-s", "s1", "--yes", "-c", str(config_file)])
     assert gone.exit_code == 0 and "forgot the session: 1 messages, 1 memories" in gone.output
     assert archive.count("s1") == 0 and transcript.get_session("s1") is None
+
+
+def test_api_refuses_to_serve_beyond_localhost_without_a_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("STREAMRAG_API_KEY", raising=False)
+    monkeypatch.setenv("STREAMRAG_HOME", str(tmp_path))
+    result = runner.invoke(app, ["api", "--host", "0.0.0.0", "--port", "8123"])
+    assert result.exit_code == 1
+    assert "without an API key" in result.output
+    assert not any(tmp_path.iterdir())  # refused before loading or creating anything

@@ -24,7 +24,7 @@ ConfigOption = typer.Option(None, "--config", "-c", help="YAML config (default: 
 def _open(config_path: Path | None):
     from streamrag.archive import Archive, ArchiveUnavailable
     from streamrag.cli import _setup_logging, load_config
-    from streamrag.transcript import Transcript
+    from streamrag.transcript import TranscriptError, open_transcript
 
     _setup_logging(verbose=False)
     config = load_config(config_path)
@@ -33,7 +33,13 @@ def _open(config_path: Path | None):
     except ArchiveUnavailable as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    return archive, Transcript(config.transcript_path)
+    try:
+        transcript = open_transcript(config.transcript_target)
+    except TranscriptError as exc:
+        archive.close()
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    return archive, transcript
 
 
 def _require_session(transcript, archive, session: str) -> None:

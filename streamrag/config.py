@@ -361,6 +361,15 @@ class StreamRAGConfig(_Section):
     """All settings of one streamrag assistant."""
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    transcript_url: str | None = Field(
+        default=None,
+        repr=False,  # it may hold a password
+        description=(
+            "Where the transcript lives: None keeps it in SQLite under data_dir; a "
+            "postgresql://user:password@host:port/database URL puts it in PostgreSQL, shared by several "
+            "`streamrag api` replicas."
+        ),
+    )
     system_prompt: str | None = Field(
         default=None, description="System message that opens each conversation; None uses the template's default."
     )
@@ -379,10 +388,27 @@ class StreamRAGConfig(_Section):
     def _expand(cls, value: Path) -> Path:
         return Path(value).expanduser()
 
+    @field_validator("transcript_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            # Only the scheme is quoted: the rest of a URL may hold a password.
+            got = f"a {value.partition('://')[0]}:// URL" if "://" in value else "no URL scheme"
+            raise ValueError(
+                f"transcript_url must be a postgresql://user:password@host:port/database URL (got {got}); "
+                "leave it unset to keep the transcript in SQLite under data_dir"
+            )
+        return value
+
     @property
     def transcript_path(self) -> Path:
         """The SQLite transcript of every session, inside the data directory."""
         return Path(self.data_dir) / "transcripts.sqlite3"
+
+    @property
+    def transcript_target(self) -> str | Path:
+        """What :func:`streamrag.transcript.open_transcript` opens: ``transcript_url``, else ``transcript_path``."""
+        return self.transcript_url or self.transcript_path
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StreamRAGConfig:

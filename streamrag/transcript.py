@@ -1,4 +1,4 @@
-"""The durable record of every message (SQLite, WAL).
+"""The durable record of every message (SQLite with WAL, or PostgreSQL).
 
 The KV cache forgets and the archive keeps only chunks of what was evicted;
 the transcript is the one place where a conversation exists in full, in
@@ -31,21 +31,39 @@ one transaction, one fsync) before its slots drop; a background indexer
 (:mod:`streamrag.indexer`) embeds it into the vector store later and marks the
 rows indexed. Appends are idempotent per message: a range already logged is
 never logged twice, so replays after a crash or a rebuild change nothing.
+
+PostgreSQL (:func:`open_transcript` with a ``postgresql://`` URL) holds the
+same tables for several server processes, on several machines, that share one
+transcript. The queries are the same; what differs is isolated in a small
+backend (``_SQLiteBackend``, ``_PostgresBackend``): the parameter style, the
+column types (8-byte integers and floats: PostgreSQL's ``REAL`` would round
+a timestamp to about two minutes), the schema version kept in a table
+instead of ``PRAGMA user_version``, and the write lock. SQLite's ``BEGIN
+IMMEDIATE`` locks the whole file; PostgreSQL's ``READ COMMITTED`` transactions
+lock nothing they only read, so every write that reads before it writes
+(``max(seq) + 1``, the logged end of a message) first takes a transaction-scoped
+advisory lock on the session it touches: two replicas appending to one session
+take turns, two sessions never wait for each other.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import re
+import select
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +134,8 @@ _MIGRATIONS = {
 
 _MESSAGE_COLUMNS = "message_id, session_id, seq, role, content, turn, created_at, meta, superseded_at"
 _EVICTED_COLUMNS = "seq, session_id, message_id, role, turn, char_start, char_end, text, spoken_at"
+# The log's seq is left to the database (AUTOINCREMENT, an identity column in PostgreSQL).
+_EVICTED_INSERT_COLUMNS = _EVICTED_COLUMNS.removeprefix("seq, ") + ", logged_at"
 _SESSION_QUERY = """
 SELECT s.session_id, s.title, s.created_at, s.updated_at, s.meta,
        (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id) AS message_count
@@ -186,34 +206,81 @@ class SessionInfo:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class Transcript:
-    """Every message of every session, in one SQLite file.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# Connection settings a postgresql:// URL may set itself; these apply where it does not. libpq waits
+# forever for an unreachable server by default, and TCP notices a dead peer only after two hours.
+_POSTGRES_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "application_name": "streamrag",
+}
+# pg_advisory_xact_lock(namespace, key): the transcript's locks, apart from other applications' locks.
+_POSTGRES_LOCK_NAMESPACE = 0x53524147  # "SRAG"
+_POSTGRES_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS transcript_schema (
+    singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+    version   INTEGER NOT NULL
+)
+"""
 
-    Thread safety: one connection (``check_same_thread=False``) behind one
-    lock. SQLite serialises writers anyway, so per-thread connections would
-    only buy concurrent *reads*, which at chat scale are microseconds; they
-    would cost connections that outlive Gradio's worker threads (and that
-    :meth:`close` cannot reach), ``SQLITE_BUSY`` handling between our own
-    threads, and a race on ``seq`` allocation. With the lock, "read max(seq),
-    insert max+1, commit" is atomic within the process; ``BEGIN IMMEDIATE``
-    makes it atomic against other processes on the same file too.
 
-    >>> with Transcript(tmp / "transcripts.sqlite3") as transcript:
-    ...     transcript.append("s1", "user", "hello", turn=1)
-    ...     transcript.tail("s1", max_chars=4000)
+def is_postgres_url(target: object) -> bool:
+    """Is ``target`` a ``postgresql://`` (or ``postgres://``) URL, i.e. a transcript in PostgreSQL?"""
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: what reprs, logs and error messages show.
+
+    Errs towards hiding: everything between the user name and the last ``@``
+    before the query is masked, even a malformed password holding ``/``.
     """
+    scheme, sep, rest = url.partition("://")
+    address, question, query = rest.partition("?")
+    userinfo, at, hosts = address.rpartition("@")
+    if sep and at and ":" in userinfo:
+        address = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = re.sub(r"(?i)\b(password=)[^&]*", r"\1***", query)
+    return scheme + sep + address + question + query
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password of a URL as written and decoded, longest first, to scrub from messages."""
+    address, _, query = url.partition("://")[2].partition("?")
+    userinfo, at, _ = address.rpartition("@")
+    found = [userinfo.partition(":")[2]] if at else []
+    found += re.findall(r"(?i)\bpassword=([^&]*)", query)
+    found += [urllib.parse.unquote(secret) for secret in found]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+class _Connection(Protocol):
+    """What the queries need of a connection: sqlite3's, or :class:`_PostgresConnection`."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+class _SQLiteBackend:
+    """One SQLite file in WAL mode; the queries run as written."""
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self.path = path
+        self.location = str(path)
+
+    def connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TranscriptError(f"cannot create the directory for transcript {self.path}: {exc}") from exc
         try:
-            # isolation_level=None: no implicit transactions; every write below opens its own
-            # BEGIN IMMEDIATE, so we decide exactly when the write lock is taken and released.
+            # isolation_level=None: no implicit transactions; every write opens its own BEGIN IMMEDIATE,
+            # so we decide exactly when the write lock is taken and released.
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise TranscriptError(f"cannot open transcript database {self.path}: {exc}") from exc
@@ -231,8 +298,7 @@ class Transcript:
             raise TranscriptError(
                 f"{self.path} is not a readable SQLite database ({exc}); move it aside or point data_dir elsewhere"
             ) from exc
-        self._conn = conn
-        logger.debug("transcript open at %s", self.path)
+        return conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
@@ -265,12 +331,329 @@ class Transcript:
                 conn.execute("ROLLBACK")
                 raise
 
+    def usable(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        return conn
+
+    def lost(self, conn: sqlite3.Connection) -> bool:
+        return False
+
+    def begin(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def lock_sessions(self, conn: sqlite3.Connection, session_ids: Iterable[str]) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already holds the whole file's write lock."""
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}')"
+
+    def insert_returning(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any], column: str) -> int:
+        """Run an INSERT and return the new row's ``column`` (its INTEGER PRIMARY KEY, i.e. the rowid)."""
+        return conn.execute(sql, params).lastrowid
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+    def describe(self, exc: Exception, conn: sqlite3.Connection, writing: bool = False) -> str:
+        return str(exc)
+
+    def close(self, conn: sqlite3.Connection) -> None:
+        conn.close()
+
+
+class _PostgresRow:
+    """A result row read by column name or by position, like :class:`sqlite3.Row` (the row helpers do both)."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]):
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._values[self._index[key] if isinstance(key, str) else key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __repr__(self) -> str:
+        return f"_PostgresRow({dict(zip(self._index, self._values, strict=True))!r})"
+
+
+def _postgres_row_factory(cursor: Any) -> Any:
+    """psycopg's row factory protocol: called per result with the cursor, returns the row maker."""
+    names = [column.name for column in cursor.description or ()]
+    index = {name: position for position, name in enumerate(names)}
+    return lambda values: _PostgresRow(values, index)
+
+
+@functools.lru_cache(maxsize=512)
+def _postgres_sql(query: str) -> str:
+    """A query in psycopg's parameter style: ``?`` -> ``%s``, a literal ``%`` doubled.
+
+    Safe because no query of this module has a ``?`` or a ``%`` inside a string literal.
+    """
+    return query.replace("%", "%%").replace("?", "%s")
+
+
+def _postgres_ddl(statement: str) -> str:
+    """A schema statement in PostgreSQL's types.
+
+    SQLite's INTEGER is 8 bytes and its REAL is a double; PostgreSQL's are 4
+    bytes (a REAL timestamp would be rounded to about two minutes). The log's
+    ``AUTOINCREMENT`` seq becomes an identity column: never reused either.
+    """
+    statement = statement.replace(
+        "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    )
+    statement = re.sub(r"\bINTEGER\b", "BIGINT", statement)
+    return re.sub(r"\bREAL\b", "DOUBLE PRECISION", statement)
+
+
+class _PostgresConnection:
+    """A psycopg connection (autocommit; writes open their own ``BEGIN``) that runs the ``?`` queries."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        # Always a sequence, never None: psycopg only converts placeholders (and %%) when given parameters.
+        return self.raw.execute(_postgres_sql(sql), tuple(parameters))
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.executemany(_postgres_sql(sql), [tuple(row) for row in parameters])
+
+    def lost(self) -> bool:
+        """Is the connection unusable? Also true when the server has hung up on an idle connection.
+
+        An idle connection (we never LISTEN) receives nothing until it sends a
+        query, so a readable socket means the server wrote its goodbye (a
+        restart's "terminating connection") or closed it: checked without a round trip.
+        """
+        if self.raw.closed or self.raw.broken:
+            return True
+        try:
+            readable, _, _ = select.select([self.raw.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+
+class _PostgresBackend:
+    """PostgreSQL through psycopg 3: one connection, replaced once when the server drops it."""
+
+    def __init__(self, url: str):
+        self.path = None
+        self.url = url
+        self.location = mask_url(url)
+        self._secrets = _url_secrets(url)
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise TranscriptError(
+                f"the transcript at {self.location} is in PostgreSQL, which needs psycopg: "
+                'pip install "streamrag[postgres]"'
+            ) from exc
+        self.psycopg = psycopg
+        self.errors: tuple[type[Exception], ...] = (psycopg.Error,)
+
+    def scrub(self, text: object) -> str:
+        """``text`` without the URL's password (error messages may quote a connection string)."""
+        text = str(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def connect(self) -> _PostgresConnection:
+        psycopg = self.psycopg
+        try:
+            given = psycopg.conninfo.conninfo_to_dict(self.url)
+            options = {key: value for key, value in _POSTGRES_DEFAULTS.items() if key not in given}
+            raw = psycopg.connect(self.url, autocommit=True, row_factory=_postgres_row_factory, **options)
+        except psycopg.Error as exc:
+            # Not chained: the original exception's text is the unscrubbed one.
+            raise TranscriptError(f"cannot connect to the transcript at {self.location}: {self.scrub(exc)}") from None
+        conn = _PostgresConnection(raw)
+        try:
+            self._setup(conn)
+        except BaseException as exc:
+            raw.close()
+            if isinstance(exc, psycopg.Error):
+                raise TranscriptError(f"cannot set up the transcript at {self.location}: {self.scrub(exc)}") from None
+            raise
+        return conn
+
+    def _setup(self, conn: _PostgresConnection) -> None:
+        """Create the schema once, under a lock: replicas starting together would race on CREATE TABLE.
+
+        A PostgreSQL transcript is born at the current schema version (SQLite's
+        migrations 1-3 predate it); a later schema change adds its own step here.
+        """
+        self.begin(conn)
+        try:
+            conn.execute(f"SELECT pg_advisory_xact_lock({_POSTGRES_LOCK_NAMESPACE}, 0)")
+            conn.execute(_POSTGRES_VERSION_TABLE)
+            row = conn.execute("SELECT version FROM transcript_schema").fetchone()
+            version = row[0] if row is not None else 0
+            if version > SCHEMA_VERSION:
+                raise TranscriptError(
+                    f"transcript {self.location} has schema version {version}, newer than this streamrag "
+                    f"understands ({SCHEMA_VERSION}); upgrade streamrag"
+                )
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(_postgres_ddl(statement))
+                conn.execute(
+                    "INSERT INTO transcript_schema (singleton, version) VALUES (TRUE, ?) "
+                    "ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
+                    (SCHEMA_VERSION,),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback(conn)
+            raise
+
+    def lost(self, conn: _PostgresConnection) -> bool:
+        return conn.lost()
+
+    def usable(self, conn: _PostgresConnection) -> _PostgresConnection:
+        """The connection, or a new one if the server dropped it (restart, failover, idle timeout)."""
+        if not conn.lost():
+            return conn
+        logger.warning("transcript %s: the connection to PostgreSQL was lost; reconnecting", self.location)
+        conn.raw.close()
+        return self.connect()
+
+    def begin(self, conn: _PostgresConnection) -> None:
+        # Named, not the server's default: the session locks rely on each statement seeing every commit made
+        # before it ran. A REPEATABLE READ snapshot, taken while waiting for the lock, would miss the last append.
+        conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+
+    def commit(self, conn: _PostgresConnection) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: _PostgresConnection) -> None:
+        raw = conn.raw
+        if raw.closed or raw.broken or raw.info.transaction_status == self.psycopg.pq.TransactionStatus.IDLE:
+            return  # nothing to undo: a lost connection's transaction dies with it on the server
+        try:
+            raw.execute("ROLLBACK")
+        except self.psycopg.Error as exc:
+            logger.debug("transcript %s: rollback failed: %s", self.location, self.scrub(exc))
+
+    def lock_sessions(self, conn: _PostgresConnection, session_ids: Iterable[str]) -> None:
+        """Serialise this transaction with every other write to these sessions, in any process.
+
+        Taken in sorted order, so two writes locking several sessions cannot
+        deadlock; released at COMMIT or ROLLBACK. A hash collision between two
+        sessions only makes them take turns.
+        """
+        for session_id in sorted(set(session_ids)):
+            conn.execute(f"SELECT pg_advisory_xact_lock({_POSTGRES_LOCK_NAMESPACE}, hashtext(?))", (session_id,))
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"({column}::jsonb ->> '{key}')"
+
+    def insert_returning(self, conn: _PostgresConnection, sql: str, params: Sequence[Any], column: str) -> int:
+        """Run an INSERT and return the new row's ``column`` (psycopg has no ``lastrowid``)."""
+        return conn.execute(f"{sql} RETURNING {column}", params).fetchone()[0]
+
+    def checkpoint(self, conn: _PostgresConnection) -> None:
+        """Nothing to do: the server manages its WAL."""
+
+    def describe(self, exc: Exception, conn: _PostgresConnection, writing: bool = False) -> str:
+        text = " ".join(self.scrub(exc).split())  # libpq's messages span lines
+        if not conn.lost():
+            return text
+        if writing:
+            return (
+                f"the connection to PostgreSQL was lost ({text}); this write was not confirmed: it is stored whole "
+                "or not at all (replaying an append with the same message_id is safe); the next call reconnects"
+            )
+        return f"the connection to PostgreSQL was lost ({text}); the next call reconnects"
+
+    def close(self, conn: _PostgresConnection) -> None:
+        conn.raw.close()
+
+
+_Backend = _SQLiteBackend | _PostgresBackend
+
+
+def _backend_for(target: str | os.PathLike[str]) -> _Backend:
+    if is_postgres_url(target):
+        return _PostgresBackend(str(target))
+    if isinstance(target, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", target):
+        scheme = target.partition("://")[0]
+        raise TranscriptError(
+            f"unsupported transcript URL scheme {scheme}://; use a file path (SQLite) or a postgresql:// URL"
+        )
+    return _SQLiteBackend(Path(target))
+
+
+def open_transcript(target: str | os.PathLike[str]) -> Transcript:
+    """Open (creating its tables if needed) the transcript at ``target``.
+
+    ``target`` is a file path (SQLite, for one machine) or a
+    ``postgresql://user:password@host:port/database`` URL (PostgreSQL, shared
+    by several server processes); ``config.transcript_target`` is what a
+    config names. Raises :class:`TranscriptError` if it cannot be opened.
+    """
+    return Transcript(target)
+
+
+class Transcript:
+    """Every message of every session, in one SQLite file or one PostgreSQL database.
+
+    ``Transcript(path)`` opens a SQLite file; :func:`open_transcript` also
+    takes a ``postgresql://`` URL (``Transcript(url)`` is the same call).
+
+    Thread safety: one connection (``check_same_thread=False``) behind one
+    lock. SQLite serialises writers anyway, so per-thread connections would
+    only buy concurrent *reads*, which at chat scale are microseconds; they
+    would cost connections that outlive Gradio's worker threads (and that
+    :meth:`close` cannot reach), ``SQLITE_BUSY`` handling between our own
+    threads, and a race on ``seq`` allocation. With the lock, "read max(seq),
+    insert max+1, commit" is atomic within the process; ``BEGIN IMMEDIATE``
+    makes it atomic against other processes on the same file too. In
+    PostgreSQL the same holds through a per-session advisory lock (see the
+    module's docstring); a connection the server dropped is replaced at the
+    next call, and a write whose commit failed raises :class:`TranscriptError`.
+
+    >>> with Transcript(tmp / "transcripts.sqlite3") as transcript:
+    ...     transcript.append("s1", "user", "hello", turn=1)
+    ...     transcript.tail("s1", max_chars=4000)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._backend = _backend_for(path)
+        # The SQLite file (None in PostgreSQL); `location` is what messages name: the path, or the masked URL.
+        self.path: Path | None = self._backend.path
+        self.location = self._backend.location
+        self._conn = self._backend.connect()
+        logger.debug("transcript open at %s", self.location)
+
     # -- connection plumbing --------------------------------------------
     def close(self) -> None:
         """Close the database. Safe to call twice; any later call raises :class:`TranscriptError`."""
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
+                self._backend.close(self._conn)
                 self._conn = None
 
     def __enter__(self) -> Transcript:
@@ -280,39 +663,56 @@ class Transcript:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Transcript({str(self.path)!r})"
+        return f"Transcript({self.location!r})"
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[_Connection]:
         with self._lock:
             conn = self._open_conn()
             try:
                 yield conn
-            except sqlite3.Error as exc:
-                raise TranscriptError(f"transcript {self.path}: {exc}") from exc
+            except self._backend.errors as exc:
+                raise TranscriptError(f"transcript {self.location}: {self._backend.describe(exc, conn)}") from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[_Connection]:
         """One transaction: committed (durable) when the block exits, rolled back if it raises."""
         with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise TranscriptError(f"transcript {self.path}: cannot start a write: {exc}") from exc
+            conn = self._begin()
             try:
                 yield conn
-                conn.execute("COMMIT")
+                self._backend.commit(conn)
             except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise TranscriptError(f"transcript {self.path}: {exc}") from exc
+                self._backend.rollback(conn)
+                if isinstance(exc, self._backend.errors):
+                    reason = self._backend.describe(exc, conn, writing=True)
+                    raise TranscriptError(f"transcript {self.location}: {reason}") from exc
                 raise
 
-    def _open_conn(self) -> sqlite3.Connection:
+    def _begin(self) -> _Connection:
+        """Open a write transaction; a connection found dead only now (nothing was written) is replaced once."""
+        conn = self._open_conn()
+        try:
+            self._backend.begin(conn)
+            return conn
+        except self._backend.errors as exc:
+            if not self._backend.lost(conn):
+                raise self._cannot_begin(exc, conn) from exc
+        conn = self._open_conn()
+        try:
+            self._backend.begin(conn)
+        except self._backend.errors as exc:
+            raise self._cannot_begin(exc, conn) from exc
+        return conn
+
+    def _cannot_begin(self, exc: Exception, conn: _Connection) -> TranscriptError:
+        return TranscriptError(f"transcript {self.location}: cannot start a write: {self._backend.describe(exc, conn)}")
+
+    def _open_conn(self) -> _Connection:
+        """The open connection (a PostgreSQL one the server dropped is replaced); raises once closed."""
         if self._conn is None:
-            raise TranscriptError(f"transcript {self.path} is closed")
+            raise TranscriptError(f"transcript {self.location} is closed")
+        self._conn = self._backend.usable(self._conn)
         return self._conn
 
     # -- sessions --------------------------------------------------------
@@ -328,8 +728,8 @@ class Transcript:
         now = time.time()
         with self._write() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO sessions (session_id, title, created_at, updated_at, meta) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (session_id, title, created_at, updated_at, meta) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id) DO NOTHING",
                 (session_id, title, now, now, meta_json),
             )
             info = self._session_row(conn, session_id)
@@ -355,7 +755,7 @@ class Transcript:
         with self._write() as conn:
             cursor = conn.execute("UPDATE sessions SET title = ? WHERE session_id = ?", (title, session_id))
             if cursor.rowcount == 0:
-                raise TranscriptError(f"cannot rename: no session {session_id!r} in {self.path}")
+                raise TranscriptError(f"cannot rename: no session {session_id!r} in {self.location}")
             info = self._session_row(conn, session_id)
         assert info is not None
         return info
@@ -363,6 +763,7 @@ class Transcript:
     def delete_session(self, session_id: str) -> bool:
         """Delete a session, (by cascade) all its messages, and its eviction log. False if there was no session."""
         with self._write() as conn:
+            self._backend.lock_sessions(conn, [session_id])
             conn.execute("DELETE FROM evicted WHERE session_id = ?", (session_id,))
             deleted = conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,)).rowcount
         self.checkpoint()
@@ -419,6 +820,7 @@ class Transcript:
             rows.append((message_id, role, content, turn, spoken, _dump_meta(message.meta)))
         stored: list[StoredMessage] = []
         with self._write() as conn:
+            self._backend.lock_sessions(conn, [session_id])
             conn.execute(
                 "INSERT INTO sessions (session_id, title, created_at, updated_at, meta) VALUES (?, NULL, ?, ?, '{}') "
                 "ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at",
@@ -490,6 +892,7 @@ class Transcript:
         """
         now = time.time()
         with self._write() as conn:
+            self._backend.lock_sessions(conn, [session_id])
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? "
                 "AND superseded_at IS NULL ORDER BY seq",
@@ -557,10 +960,10 @@ class Transcript:
 
     def speaker_names(self, session_id: str) -> set[str]:
         """Names of the session's participants (the ``name`` of its messages)."""
+        name = self._backend.json_text("meta", "name")
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT json_extract(meta, '$.name') AS name FROM messages "
-                "WHERE session_id = ? AND json_extract(meta, '$.name') IS NOT NULL",
+                f"SELECT DISTINCT {name} AS name FROM messages WHERE session_id = ? AND {name} IS NOT NULL",
                 (session_id,),
             ).fetchall()
         return {str(r["name"]).strip() for r in rows if str(r["name"]).strip()}
@@ -671,8 +1074,9 @@ class Transcript:
         """
         now = time.time()
         with self._write() as conn:
+            self._backend.lock_sessions(conn, [session_id])
             if conn.execute("SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)).fetchone() is None:
-                raise TranscriptError(f"cannot truncate: no session {session_id!r} in {self.path}")
+                raise TranscriptError(f"cannot truncate: no session {session_id!r} in {self.location}")
             conn.execute(
                 "DELETE FROM evicted WHERE message_id IN (SELECT message_id FROM messages "
                 "WHERE session_id = ? AND seq > ?)",
@@ -693,7 +1097,7 @@ class Transcript:
         with self._read() as conn:
             info = self._session_row(conn, session_id)
             if info is None:
-                raise TranscriptError(f"cannot export: no session {session_id!r} in {self.path}")
+                raise TranscriptError(f"cannot export: no session {session_id!r} in {self.location}")
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
@@ -715,6 +1119,13 @@ class Transcript:
         (``secure_delete``) and the WAL is truncated, so no file holds the
         text afterwards. Returns what was removed: log rows and messages as
         counts, the ids of the erased memory blocks.
+
+        In PostgreSQL the text leaves every query at once, but not the disk:
+        a DELETE (or UPDATE) leaves dead row versions in the table's pages
+        until vacuum reclaims the space and it is reused, and the server's
+        WAL and backups keep them until those are recycled. Nothing heavy is
+        run here; where the bytes must go now, an operator runs ``VACUUM
+        FULL messages, evicted`` (it rewrites the tables, under an exclusive lock).
         """
         now = time.time()
         with self._write() as conn:
@@ -722,13 +1133,15 @@ class Transcript:
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ?", (message_id,)
             ).fetchone()
             if row is None:
-                raise TranscriptError(f"cannot forget: no message {message_id!r} in {self.path}")
+                raise TranscriptError(f"cannot forget: no message {message_id!r} in {self.location}")
             message = _message_from_row(row)
+            self._backend.lock_sessions(conn, [message.session_id])
             log_rows = conn.execute("DELETE FROM evicted WHERE message_id = ?", (message_id,)).rowcount
             blocks = [
                 r["message_id"]
                 for r in conn.execute(
-                    "SELECT message_id, content, meta FROM messages WHERE session_id = ? AND role = 'memory'",
+                    "SELECT message_id, content, meta FROM messages WHERE session_id = ? AND role = 'memory' "
+                    "ORDER BY seq",
                     (message.session_id,),
                 )
                 if message_id in _load_meta(r["meta"]).get("quotes", ()) or quotes(r["content"], message.content)
@@ -749,7 +1162,7 @@ class Transcript:
         logger.info("transcript: forgot message %s (%d log rows, %d memory blocks)", message_id, log_rows, len(blocks))
         return {"log_rows": log_rows, "memory_blocks": blocks, "messages": 0 if keep_record else 1}
 
-    def _retitle(self, conn: sqlite3.Connection, forgotten: StoredMessage) -> None:
+    def _retitle(self, conn: _Connection, forgotten: StoredMessage) -> None:
         """A title cut from a forgotten message goes with it; the next user message names the session instead."""
         title = conn.execute("SELECT title FROM sessions WHERE session_id = ?", (forgotten.session_id,)).fetchone()
         if title is None or title[0] is None:
@@ -767,13 +1180,17 @@ class Transcript:
         )
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it to zero bytes (no stale page copies stay behind)."""
+        """Copy the WAL into the database and truncate it to zero bytes (no stale page copies stay behind).
+
+        SQLite only; a no-op in PostgreSQL, whose server manages its own WAL.
+        """
         with self._lock:
             conn = self._open_conn()
             try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except sqlite3.Error as exc:
-                raise TranscriptError(f"transcript {self.path}: checkpoint failed: {exc}") from exc
+                self._backend.checkpoint(conn)
+            except self._backend.errors as exc:
+                reason = self._backend.describe(exc, conn)
+                raise TranscriptError(f"transcript {self.location}: checkpoint failed: {reason}") from exc
 
     # -- the archive's write-ahead log ------------------------------------
     def log_evicted(self, records: list[EvictedText]) -> list[EvictedText]:
@@ -790,6 +1207,7 @@ class Transcript:
         now = time.time()
         logged: list[EvictedText] = []
         with self._write() as conn:
+            self._backend.lock_sessions(conn, (record.session_id for record in records))
             ends: dict[str, int] = {}
             for record in records:
                 if record.message_id not in ends:
@@ -805,8 +1223,9 @@ class Transcript:
                     logger.warning(
                         "eviction log: message %s jumps from char %d to %d", record.message_id, end, record.char_start
                     )
-                cursor = conn.execute(
-                    f"INSERT INTO evicted ({_EVICTED_COLUMNS}, logged_at) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                log_seq = self._backend.insert_returning(
+                    conn,
+                    f"INSERT INTO evicted ({_EVICTED_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.session_id,
                         record.message_id,
@@ -818,9 +1237,10 @@ class Transcript:
                         record.spoken_at,
                         now,
                     ),
+                    "seq",
                 )
                 ends[record.message_id] = record.char_end
-                logged.append(replace(record, char_start=start, text=text, seq=cursor.lastrowid))
+                logged.append(replace(record, char_start=start, text=text, seq=log_seq))
         return logged
 
     def logged_ends(self, session_id: str) -> dict[str, int]:
@@ -875,11 +1295,11 @@ class Transcript:
             conn.executemany("UPDATE evicted SET indexed_at = ? WHERE seq = ?", [(now, seq) for seq in seqs])
 
     # -- row helpers (called with the lock held) --------------------------
-    def _session_row(self, conn: sqlite3.Connection, session_id: str) -> SessionInfo | None:
+    def _session_row(self, conn: _Connection, session_id: str) -> SessionInfo | None:
         row = conn.execute(_SESSION_QUERY + " WHERE s.session_id = ?", (session_id,)).fetchone()
         return _session_from_row(row) if row is not None else None
 
-    def _message_row(self, conn: sqlite3.Connection, message_id: str) -> StoredMessage | None:
+    def _message_row(self, conn: _Connection, message_id: str) -> StoredMessage | None:
         row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ?", (message_id,)).fetchone()
         return _message_from_row(row) if row is not None else None
 
@@ -940,7 +1360,11 @@ def _load_meta(text: str | None) -> dict[str, Any]:
     return json.loads(text) if text else {}
 
 
-def _evicted_from_row(row: sqlite3.Row) -> EvictedText:
+# A result row: sqlite3.Row or _PostgresRow, both read by column name and by position.
+_Row = Any
+
+
+def _evicted_from_row(row: _Row) -> EvictedText:
     return EvictedText(
         session_id=row["session_id"],
         message_id=row["message_id"],
@@ -954,7 +1378,7 @@ def _evicted_from_row(row: sqlite3.Row) -> EvictedText:
     )
 
 
-def _message_from_row(row: sqlite3.Row) -> StoredMessage:
+def _message_from_row(row: _Row) -> StoredMessage:
     return StoredMessage(
         message_id=row["message_id"],
         session_id=row["session_id"],
@@ -968,7 +1392,7 @@ def _message_from_row(row: sqlite3.Row) -> StoredMessage:
     )
 
 
-def _session_from_row(row: sqlite3.Row) -> SessionInfo:
+def _session_from_row(row: _Row) -> SessionInfo:
     return SessionInfo(
         session_id=row["session_id"],
         title=row["title"],

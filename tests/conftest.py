@@ -248,3 +248,200 @@ def files_holding(root, text: str) -> list[str]:
         for path in root.rglob("*")
         if path.is_file() and "models" not in path.relative_to(root).parts and needle in path.read_bytes()
     )
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------------------
+class PostgresUnavailable(RuntimeError):
+    """No PostgreSQL server can be started here; the message says why (tests skip with it)."""
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) on 127.0.0.1, trust auth, that a test may restart.
+
+    initdb refuses to run as root, so as root (CI) the cluster belongs to the
+    ``postgres`` OS user, in a directory of its own under the system temp dir
+    (pytest's temp dirs are private to root). The unix socket stays in that
+    directory too: the system's /run/postgresql may not exist.
+    """
+
+    def __init__(self, port: int | None = None):
+        self.port = port or _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.root = None
+        self.bindir = None
+
+    @staticmethod
+    def find_bindir():
+        """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+        import glob
+        import shutil
+        from pathlib import Path
+
+        if found := shutil.which("initdb"):
+            return Path(found).resolve().parent
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+        return Path(versions[-1]).parent if versions else None
+
+    def _as_owner(self, *command) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *map(str, command)] if os.geteuid() == 0 else list(map(str, command))
+
+    def _run(self, *command, timeout: float = 120) -> None:
+        import subprocess
+        from pathlib import Path
+
+        done = subprocess.run(self._as_owner(*command), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            log = self.root / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise PostgresUnavailable(
+                f"{Path(str(command[0])).name} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
+                f"\n{tail}".strip()
+            )
+
+    def start(self, timeout: float = 60) -> PostgresServer:
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        if self.root is None:
+            self.bindir = self.find_bindir()
+            if self.bindir is None:
+                raise PostgresUnavailable("PostgreSQL is not installed: apt-get install postgresql")
+            if os.geteuid() == 0:
+                import pwd
+
+                try:
+                    owner = pwd.getpwnam("postgres")
+                except KeyError:
+                    raise PostgresUnavailable(
+                        "running as root, and initdb refuses root: no `postgres` OS user to run it as "
+                        "(apt-get install postgresql creates one)"
+                    ) from None
+                if shutil.which("runuser") is None:
+                    raise PostgresUnavailable("running as root without runuser to start PostgreSQL as `postgres`")
+            self.root = Path(tempfile.mkdtemp(prefix="streamrag-pg-"))
+            if os.geteuid() == 0:
+                os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self._run(
+                self.bindir / "initdb",
+                "-D",
+                self.root / "data",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            )
+        # fsync off: a test cluster need not survive a power cut, and commits are much faster on a busy disk.
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            self.bindir / "pg_ctl",
+            "start",
+            "-D",
+            self.root / "data",
+            "-l",
+            self.root / "server.log",
+            "-w",
+            "-t",
+            int(timeout),
+            "-o",
+            options,
+            timeout=timeout + 30,
+        )
+        return self
+
+    def restart(self, timeout: float = 60) -> None:
+        """Stop (fast: every connection is cut) and start again on the same port and data."""
+        self.stop(remove=False)
+        self.start(timeout)
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop the server (fast: every connection is cut); unless told to keep it, delete its cluster too."""
+        import shutil
+
+        if self.root is None:
+            return
+        try:
+            self._run(self.bindir / "pg_ctl", "stop", "-D", self.root / "data", "-m", "fast", "-w")
+        except PostgresUnavailable:
+            pass  # never started, or already stopped
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def create_database(self) -> str:
+        """A new, empty database; returns its URL."""
+        import uuid
+
+        import psycopg
+
+        name = f"test_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop_database(self, url: str) -> None:
+        import psycopg
+
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _start_postgres() -> PostgresServer:
+    """A started server, or the test skips saying why (PostgreSQL missing, or it would not start)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip('psycopg is not installed: pip install "streamrag[postgres]"')
+    import subprocess
+
+    server = PostgresServer()
+    try:
+        return server.start()
+    except PostgresUnavailable as exc:
+        server.stop()
+        pytest.skip(str(exc))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        server.stop()
+        pytest.skip(f"cannot start PostgreSQL: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """The PostgreSQL server (a :class:`PostgresServer`) shared by the tests of this session."""
+    server = _start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_cluster) -> str:
+    """The URL of the shared PostgreSQL server's ``postgres`` database (trust auth: no password needed)."""
+    return postgres_cluster.url
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster):
+    """The URL of a fresh, empty database of this test's own on the shared server; dropped after the test."""
+    url = postgres_cluster.create_database()
+    try:
+        yield url
+    finally:
+        postgres_cluster.drop_database(url)
+
+
+@pytest.fixture
+def own_postgres_server():
+    """A PostgreSQL server of this test's own, to restart (see :meth:`PostgresServer.restart`)."""
+    server = _start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -72,6 +72,8 @@ def trial_config(config: StreamRAGConfig, data_dir: Path) -> StreamRAGConfig:
     """The trial's settings: a small window (evictions every few messages), short replies, its own data dir."""
     data = config.model_dump()
     data["data_dir"] = str(data_dir)
+    # The trial kills a process mid-write and checks the SQLite file it leaves: never a shared PostgreSQL.
+    data["transcript_url"] = None
     data["cache"] |= {"sink_tokens": 4, "window_tokens": 252, "evict_chunk": 32}
     data["generation"] |= {"temperature": 0.0, "max_new_tokens": 32, "ignore_eos": True}
     data["archive"] |= {"chunk_chars": 400, "chunk_overlap_chars": 80, "index_idle_s": 0.5}

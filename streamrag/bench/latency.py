@@ -532,7 +532,7 @@ class _ArchiveStream(_EngineStream):
 
         from streamrag.archive import Archive
         from streamrag.session import Assistant, Resources
-        from streamrag.transcript import Transcript
+        from streamrag.transcript import open_transcript
 
         self._dir = tempfile.TemporaryDirectory(prefix="streamrag-latency-")
         work = Path(self._dir.name)
@@ -548,7 +548,7 @@ class _ArchiveStream(_EngineStream):
             model,
             tokenizer,
             Archive(config.archive, work),
-            Transcript(config.transcript_path),
+            open_transcript(config.transcript_target),
             threading.Lock(),
         )
         self.assistant = Assistant(self.resources)

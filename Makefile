@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install run chat browser test bench lint clean
+.PHONY: install run chat browser postgres test bench lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,16 @@ browser:
 		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)); } || \
 		echo "chromium not installed: the browser test will skip"
 
-test: install browser
+# Debian's PostgreSQL for the tests of the PostgreSQL transcript and the two-replica server (each test starts
+# its own cluster on 127.0.0.1). Best effort, like browser: without it those tests skip and say why.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q postgresql >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1)); } || \
+		echo "PostgreSQL not installed: the PostgreSQL tests will skip"
+
+test: install browser postgres
 	$(PY) -m pytest -q
 
 bench: install

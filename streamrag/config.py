@@ -357,6 +357,33 @@ class RecallSettings(_Section):
         return value
 
 
+class ServerSettings(_Section):
+    """`streamrag api`: the OpenAI-compatible HTTP server (see :mod:`streamrag.api`)."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; another address needs an api_key.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP server.")
+    api_key: str | None = Field(
+        default=None,
+        description="Bearer token every request must carry (`Authorization: Bearer ...`); "
+        "$STREAMRAG_API_KEY when unset here. None: no auth (only allowed on a loopback address).",
+    )
+    model_name: str | None = Field(
+        default=None, description="The model id clients send and /v1/models lists; None: the model's own name."
+    )
+    max_active: int = Field(
+        default=4, ge=1, description="Requests generating at once; they take turns on the model token by token."
+    )
+    max_queue: int = Field(
+        default=32, ge=0, description="Requests waiting for a turn beyond max_active; more are refused with 429."
+    )
+    anonymous_sessions: int = Field(
+        default=64, ge=1, description="Recent unnamed conversations a message list is matched against."
+    )
+    max_request_bytes: int = Field(
+        default=8_000_000, gt=0, description="Largest request body accepted; larger ones are refused with 413."
+    )
+
+
 class StreamRAGConfig(_Section):
     """All settings of one streamrag assistant."""
 
@@ -382,6 +409,7 @@ class StreamRAGConfig(_Section):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     recall: RecallSettings = Field(default_factory=RecallSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -46,7 +46,7 @@ from streamrag.structured import TurnPlan, plan_turn, routed_plan
 from streamrag.text import MessageError
 from streamrag.tool_router import ToolRouter
 from streamrag.tools import ToolCall, ToolChoice
-from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, title_of
+from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, open_transcript, title_of
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Resources:
         data_dir = Path(config.data_dir)
         model, tokenizer, _ = load_model(config.model, data_dir)
         archive = Archive(config.archive, data_dir)
-        transcript = Transcript(config.transcript_path)
+        transcript = open_transcript(config.transcript_target)
         return cls(config, model, tokenizer, archive, transcript, FairLock())
 
     @classmethod

@@ -156,11 +156,10 @@ def build_resources(embedded, path, **sections):
 
     Defaults: a 256-token cache (evictions within a few turns) and short greedy replies.
     """
-    import threading
-
     from streamrag.archive import Archive
+    from streamrag.fairlock import FairLock
     from streamrag.session import Resources
-    from streamrag.transcript import Transcript
+    from streamrag.transcript import open_transcript
 
     model, tokenizer = embedded
     settings = {
@@ -171,8 +170,8 @@ def build_resources(embedded, path, **sections):
     }
     config = StreamRAGConfig(data_dir=path, **settings)
     archive = Archive(config.archive, path)
-    transcript = Transcript(config.transcript_path)
-    return Resources(config, model, tokenizer, archive, transcript, threading.Lock())
+    transcript = open_transcript(config.transcript_target)  # SQLite under path, or a transcript_url
+    return Resources(config, model, tokenizer, archive, transcript, FairLock())
 
 
 @pytest.fixture

@@ -376,7 +376,7 @@ def test_a_full_queue_answers_429_with_retry_after(serve):
 
 
 def test_a_client_that_disconnects_stops_its_generation_and_frees_the_model(serve):
-    server = serve(generation={"temperature": 0, "max_new_tokens": 2000})
+    server = serve(generation={"temperature": 0, "max_new_tokens": 2000, "ignore_eos": True})
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Write a very long essay about rivers."}],
@@ -390,6 +390,19 @@ def test_a_client_that_disconnects_stops_its_generation_and_frees_the_model(serv
     transcript = server.resources.transcript
     _wait_for(lambda: any(m.role == "assistant" for m in transcript.messages("gone")))
     reply = next(m for m in transcript.messages("gone") if m.role == "assistant")
+    assert reply.meta["stop_reason"] == "interrupted"
+    _wait_for(lambda: server.app.state.admission.active == 0 and not server.resources.lock.locked())
+
+    # A client of a whole (non-streamed) reply that gives up is noticed too.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.base_url}/chat/completions",
+            json={**body, "stream": False},
+            headers={"X-Session-Id": "impatient"},
+            timeout=httpx.Timeout(30, read=2),
+        )
+    _wait_for(lambda: any(m.role == "assistant" for m in transcript.messages("impatient")))
+    reply = next(m for m in transcript.messages("impatient") if m.role == "assistant")
     assert reply.meta["stop_reason"] == "interrupted"
     _wait_for(lambda: server.app.state.admission.active == 0 and not server.resources.lock.locked())
     # The model is free: the next request is answered at once.

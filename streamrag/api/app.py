@@ -132,16 +132,7 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_request_bytes:
-            return APIError(
-                413,
-                f"request body of {int(length)} bytes is over server.max_request_bytes={settings.max_request_bytes}",
-                code="request_too_large",
-            ).response()
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
 
     def check_model(name: str, served: str, kind: str) -> None:
         if name != served:
@@ -316,6 +307,32 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
         return {"id": session_id, "object": "session.deleted", "deleted": True, "messages": len(forgotten.message_ids)}
 
     return app
+
+
+class BodyLimit:
+    """Refuse a body over ``limit`` bytes (by its Content-Length) with 413 before it is read.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` wraps ``receive``
+    so that ``Request.is_disconnected`` never sees the client leave, and a
+    non-streamed turn would run to its end for nobody.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                refusal = APIError(
+                    413,
+                    f"request body of {int(length)} bytes is over server.max_request_bytes={self.limit}",
+                    code="request_too_large",
+                )
+                await refusal.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _streamed(worker: TurnWorker, slot: Slot, chunks: ChunkStream, include_usage: bool) -> AsyncIterator[str]:

@@ -94,6 +94,31 @@ def test_streamed_and_whole_replies_are_the_same_text_and_name_their_session(ser
         assert said[-2:] == [("user", question[0]["content"]), ("assistant", text)]
 
 
+def test_stop_sequences_seed_and_temperature_reach_the_sampler(serve):
+    server = serve()
+    api = client(server)
+    ask = [{"role": "user", "content": "Write two sentences about the sea."}]
+
+    def sampled(session_id: str, seed: int) -> str:
+        reply = api.chat.completions.create(
+            model=MODEL,
+            messages=ask,
+            max_tokens=16,
+            temperature=1.0,
+            seed=seed,
+            extra_headers={"X-Session-Id": session_id},
+        )
+        return reply.choices[0].message.content
+
+    assert sampled("s1", seed=7) == sampled("s2", seed=7)  # same conversation, same seed: same sample
+    greedy = api.chat.completions.create(model=MODEL, messages=ask, max_tokens=24, temperature=0)
+    text = greedy.choices[0].message.content
+    cut = text.split(" ")[2]  # a word the greedy reply writes
+    stopped = api.chat.completions.create(model=MODEL, messages=ask, max_tokens=24, temperature=0, stop=[cut])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert cut not in stopped.choices[0].message.content and text.startswith(stopped.choices[0].message.content)
+
+
 def test_a_conversation_sent_whole_ten_times_prefills_only_its_new_messages(serve):
     server = serve(cache={"sink_tokens": 4, "window_tokens": 1020, "evict_chunk": 32})
     api = client(server)

@@ -182,11 +182,16 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
             return session.stream_messages(messages, **options)
 
         slot = await admission.acquire()
+        worker = None
         try:
             worker = TurnWorker(start, name=f"api-{named or 'anonymous'}"[:40])
             reply = await worker.started()
         except BaseException as exc:
             slot.release()
+            if worker is not None:
+                worker.cancel()
+            if not isinstance(exc, Exception):  # cancelled (the server is stopping): not an error to report
+                raise
             raise as_api_error(exc) from exc
         headers = {SESSION_HEADER: reply.assistant.session_id}
         if body.stream:
@@ -201,7 +206,7 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
         try:
             async for _ in worker.pieces():
                 pass
-        except BaseException as exc:
+        except Exception as exc:
             raise as_api_error(exc) from exc
         finally:
             watcher.cancel()

@@ -403,6 +403,12 @@ class StreamRAGConfig(_Section):
     max_message_chars: int = Field(
         default=1_000_000, gt=0, description="Longest message accepted; longer ones are refused with an error."
     )
+    live_sessions: int = Field(
+        default=16,
+        ge=1,
+        description="Conversations whose KV cache stays in memory; beyond this the least recently used idle one "
+        "lets its cache go and rebuilds it from the transcript when used again.",
+    )
     model: ModelSettings = Field(default_factory=ModelSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,7 +82,7 @@ class Resources:
     lock: threading.Lock | FairLock
     indexer: Indexer | None = None
     active_at: float = 0.0  # monotonic time the model last finished a step
-    _assistants: dict[str, Assistant] = field(default_factory=dict, repr=False, compare=False)
+    _assistants: OrderedDict[str, Assistant] = field(default_factory=OrderedDict, repr=False, compare=False)
     _assistants_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -157,9 +158,28 @@ class Resources:
                 else:
                     assistant = Assistant(self, session_id, settings=settings)
                 self._assistants[assistant.session_id] = assistant
+                self._release_beyond_limit()
                 return assistant
+            self._assistants.move_to_end(assistant.session_id)
         assistant.catch_up()  # another process (a replica on a shared transcript) may have moved it on
         return assistant
+
+    def _release_beyond_limit(self) -> None:
+        """Beyond ``live_sessions`` live conversations, the least recently used idle ones let their caches go.
+
+        Called with ``_assistants_lock`` held. A released session loses nothing:
+        its transcript holds every message, and its next use rebuilds the cache
+        from it as a resume would (archiving what is not re-fed). A session in
+        the middle of a step or a reply is skipped.
+        """
+        for session_id in list(self._assistants):
+            if len(self._assistants) <= self.config.live_sessions:
+                return
+            if self._assistants[session_id].release():
+                del self._assistants[session_id]
+                logger.info(
+                    "session %s: cache released (more than %d live sessions)", session_id, self.config.live_sessions
+                )
 
     def close(self) -> None:
         """Stop the indexer (unindexed text stays in the log for next time) and close the transcript."""
@@ -467,6 +487,7 @@ class Assistant:
         # The newest transcript row as this object last left it; another row there means another process
         # (a second server replica on a shared transcript) moved the conversation on: see catch_up().
         self._newest: str | None = None
+        self._released = False  # the cache was let go (Resources' live-session limit): rebuilt on next use
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -600,6 +621,7 @@ class Assistant:
         feed = ([opening] if opening else []) + tail
         self._archive_unfed({m.message_id for m in feed})
         self._said = {m.message_id: (m.turn, m.created_at) for m in feed}
+        self._released = False
         with self.resources.using_model():
             self.lm.reset()
             prefill = self.lm.add_messages([(m.role, m.content, m.message_id) for m in feed]) if feed else None
@@ -669,7 +691,7 @@ class Assistant:
             self.lm.check_message(item.role, item.content)
             _check_name(item.name)
         with self._lock:
-            self._finish_open_reply()
+            self._ready()
             self._start()
             return self._feed(items)
 
@@ -738,7 +760,7 @@ class Assistant:
         _check_name(name)
         plan = self._routed(self._plan(tools, tool_choice, response_format, parallel_tool_calls), text)
         with self._lock:
-            self._finish_open_reply()
+            self._ready()
             self._start()
             return self._answer(HistoryMessage("user", text, name, timestamp), generation, plan=plan)
 
@@ -920,7 +942,7 @@ class Assistant:
             said = [m for m in self.transcript.tail(self.session_id, 4096) if m.role not in CONTEXT_ROLES]
             plan = self._routed(plan, said[-1].content if said and said[-1].role == "user" else None)
         with self._lock:
-            self._finish_open_reply()
+            self._ready()
             self._start()
             return self._answer_without_message(generation, plan=plan)
 
@@ -943,7 +965,7 @@ class Assistant:
         Returns the user message taken back (``None`` if there was none).
         """
         with self._lock:
-            self._finish_open_reply()
+            self._ready()
             stored = self.transcript.messages(self.session_id)
             last_user = next((m for m in reversed(stored) if m.role == "user"), None)
             if last_user is None:
@@ -999,7 +1021,7 @@ class Assistant:
         """
         incoming = normalise(messages, self.lm.tool_format.syntax)
         with self._lock:
-            self._finish_open_reply()
+            self._ready()
             return self._sync(incoming)
 
     def _held(self, incoming: list[HistoryMessage]) -> tuple[list[StoredMessage], list[HistoryMessage]]:
@@ -1090,6 +1112,32 @@ class Assistant:
         newest = self.transcript.tail(self.session_id, 0)
         return newest[-1].message_id if newest else None
 
+    def release(self) -> bool:
+        """Let the KV cache go now (memory), if the session is idle; its next use rebuilds it from the transcript.
+
+        Returns False (and keeps everything) while another thread is in a step
+        of this session or a reply is open. Nothing is lost: the transcript
+        holds every message, and the rebuild archives whatever it does not re-feed.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._open_reply is not None:
+                return False
+            self.lm.reset()
+            self._said.clear()
+            self._tools_fed = None
+            self._released = True
+            return True
+        finally:
+            self._lock.release()
+
+    def _ready(self) -> None:
+        """Before a step of the conversation (lock held): end the open reply; bring a released cache back."""
+        self._finish_open_reply()
+        if self._released:
+            self._rebuild()
+
     def catch_up(self) -> bool:
         """Rebuild the cache if another process changed this conversation's transcript since this object did.
 
@@ -1135,7 +1183,7 @@ class Assistant:
         plan = self._plan(tools, tool_choice, response_format, parallel_tool_calls)
         plan = self._routed(plan, incoming[-1].content if incoming[-1].role == "user" else None)
         with self._lock:
-            self._finish_open_reply()
+            self._ready()
             if incoming[-1].role == "user":
                 sync = self._sync(incoming[:-1])
                 self._start()
@@ -1195,7 +1243,7 @@ class Assistant:
         rewritten in the background unless ``wait`` (:meth:`wait_forgotten`).
         """
         with self._lock:
-            self._finish_open_reply()
+            self._ready()
             with self.indexer.paused():
                 forgotten = forgetting.forget_message(
                     self.transcript,

@@ -18,6 +18,7 @@ __all__ = [
     "MessageRef",
     "Reply",
     "Resources",
+    "SessionAccessError",
     "StreamRAGConfig",
     "StreamingLM",
     "TurnStats",
@@ -33,6 +34,7 @@ _LAZY = {
     "Assistant": "streamrag.session",
     "Resources": "streamrag.session",
     "Reply": "streamrag.session",
+    "SessionAccessError": "streamrag.session",
 }
 
 

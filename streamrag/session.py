@@ -47,7 +47,15 @@ from streamrag.structured import TurnPlan, plan_turn, routed_plan
 from streamrag.text import MessageError
 from streamrag.tool_router import ToolRouter
 from streamrag.tools import ToolCall, ToolChoice
-from streamrag.transcript import EvictedText, NewMessage, StoredMessage, Transcript, open_transcript, title_of
+from streamrag.transcript import (
+    EvictedText,
+    NewMessage,
+    SessionInfo,
+    StoredMessage,
+    Transcript,
+    open_transcript,
+    title_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +147,9 @@ class Resources:
                 _SHARED[key] = cls.load(config)
             return _SHARED[key]
 
-    def session(self, session_id: str | None = None, settings: dict | None = None) -> Assistant:
+    def session(
+        self, session_id: str | None = None, settings: dict | None = None, owner: str | None = None
+    ) -> Assistant:
         """The one :class:`Assistant` of this process for ``session_id`` (a new id when ``None``).
 
         Opened on first use, resumed from the transcript when the session is
@@ -148,7 +158,13 @@ class Resources:
         rebuilt from it first (:meth:`Assistant.catch_up`).
         ``settings`` (dotted overrides, see :class:`Assistant`) apply to a new
         session only; a stored one keeps the settings it was created with.
+        ``owner`` (a user name) is stored with a new session; a session that
+        belongs to someone else is refused with :class:`SessionAccessError`.
         """
+        if session_id is not None and owner is not None:
+            info = self.transcript.get_session(session_id)
+            if info is not None and info.meta.get("owner") != owner:
+                raise SessionAccessError(f"session {session_id!r} belongs to another user")
         with self._assistants_lock:
             assistant = self._assistants.get(session_id) if session_id else None
             if assistant is None:
@@ -156,13 +172,22 @@ class Resources:
                 if stored:
                     assistant = Assistant.resume(session_id, resources=self)
                 else:
-                    assistant = Assistant(self, session_id, settings=settings)
+                    assistant = Assistant(self, session_id, settings=settings, owner=owner)
                 self._assistants[assistant.session_id] = assistant
                 self._release_beyond_limit()
                 return assistant
             self._assistants.move_to_end(assistant.session_id)
         assistant.catch_up()  # another process (a replica on a shared transcript) may have moved it on
         return assistant
+
+    def sessions_of(self, owner: str | None) -> list[SessionInfo]:
+        """Stored sessions holding messages, the most recent first: ``owner``'s only, or, for ``None``
+        (a single-user process), every session."""
+        return [
+            info
+            for info in self.transcript.sessions()
+            if info.message_count and (owner is None or info.meta.get("owner") == owner)
+        ]
 
     def _release_beyond_limit(self) -> None:
         """Beyond ``live_sessions`` live conversations, the least recently used idle ones let their caches go.
@@ -187,6 +212,10 @@ class Resources:
             self.indexer.close()
         self.archive.close()
         self.transcript.close()
+
+
+class SessionAccessError(PermissionError):
+    """A user asked for a session that belongs to someone else."""
 
 
 class AnonymousSessions:
@@ -450,6 +479,7 @@ class Assistant:
         session_id: str | None = None,
         title: str | None = None,
         settings: dict | None = None,
+        owner: str | None = None,
     ):
         """``settings`` are dotted overrides of this session's own config (``{"cache.window_tokens": 508}``).
 
@@ -462,11 +492,12 @@ class Assistant:
         self.transcript = resources.transcript
         self.indexer = resources.indexer
         self.session_id = session_id or uuid.uuid4().hex
-        meta = {"settings": dict(settings)} if settings else None
+        meta = {**({"settings": dict(settings)} if settings else {}), **({"owner": owner} if owner else {})} or None
         if settings:
             session_config(resources.config, settings)  # refuse bad settings before storing anything
         info = self.transcript.create_session(self.session_id, title=title, meta=meta)
         self.settings: dict = dict(info.meta.get("settings") or {})
+        self.owner: str | None = info.meta.get("owner")  # who may use it (apps with users); None: anyone
         self.config = session_config(resources.config, self.settings)
         self._router: ToolRouter | None = None
         self._titled = info.title is not None

@@ -163,16 +163,34 @@ def chat(
 def serve(
     config: Path | None = ConfigOption,
     model: str | None = ModelOption,
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the app to your network."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind; another than 127.0.0.1 (0.0.0.0: your network) needs users (--auth)."
+    ),
     port: int = typer.Option(7860, help="Port of the web app."),
-    share: bool = typer.Option(False, "--share", help="Also open a public Gradio share link (off by default)."),
+    share: bool = typer.Option(
+        False, "--share", help="Also open a public Gradio share link (off by default; needs users)."
+    ),
+    auth: list[str] | None = typer.Option(
+        None,
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="A user who may log in (repeatable); each sees only their own sessions. "
+        "Prefer --auth-file: the command line is visible to other local users.",
+    ),
+    auth_file: Path | None = typer.Option(
+        None, "--auth-file", help="File of user:password lines (app.auth_file); adds to --auth."
+    ),
     window_tokens: int | None = typer.Option(None, help="Default rolling window for new sessions."),
     sink_tokens: int | None = typer.Option(None, help="Default attention-sink tokens for new sessions."),
     device: str | None = DeviceOption,
     dtype: str | None = DtypeOption,
     verbose: bool = VerboseOption,
 ) -> None:
-    """The Gradio app: streaming chat, memory panel, sessions, archive (http://127.0.0.1:7860)."""
+    """The Gradio app: streaming chat, memory panel, sessions, archive (http://127.0.0.1:7860).
+
+    Users (--auth, --auth-file, app.auth_file) log in and see only their own sessions.
+    Without users the app serves only on a loopback address, and never with --share.
+    """
     _setup_logging(verbose)
     cfg = load_config(
         config,
@@ -182,13 +200,24 @@ def serve(
             "cache.sink_tokens": sink_tokens,
             "model.device": device,
             "model.dtype": dtype,
+            "app.auth_file": str(auth_file) if auth_file else None,
         },
     )
     try:
         from streamrag_app import launch
+        from streamrag_app.auth import check_exposure, exposed, load_users
+        from streamrag_app.ui import network_warning
     except ImportError as exc:
         console.print(f"[red]error:[/red] the app needs its extra: pip install 'streamrag[app]' ({exc})")
         raise typer.Exit(1) from None
+    try:  # before loading anything: a refused start costs no model load
+        users = load_users(auth or [], cfg.app.auth_file)
+        check_exposure(host, share, users)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if exposed(host, share):
+        console.print(f"[yellow]warning:[/yellow] {network_warning(host, share, len(users))}")
     from streamrag.archive import ArchiveUnavailable
     from streamrag.models import ModelLoadError
     from streamrag.rope import UnsupportedModelError
@@ -200,7 +229,7 @@ def serve(
     except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    launch(cfg, host=host, port=port, share=share, resources=resources)
+    launch(cfg, host=host, port=port, share=share, resources=resources, auth=users or None)
 
 
 @app.command()

@@ -384,6 +384,19 @@ class ServerSettings(_Section):
     )
 
 
+class AppSettings(_Section):
+    """`streamrag serve`: the Gradio app (see :mod:`streamrag_app`)."""
+
+    auth_file: Path | None = Field(
+        default=None,
+        description="File of `user:password` lines (blank lines and `#` comments skipped): the app asks to log in "
+        "and each user sees only their own sessions. None: no login (only allowed on a loopback address).",
+    )
+    max_queue: int = Field(
+        default=16, ge=1, description="Events waiting in the app's queue; beyond it a request is refused at once."
+    )
+
+
 class StreamRAGConfig(_Section):
     """All settings of one streamrag assistant."""
 
@@ -416,6 +429,7 @@ class StreamRAGConfig(_Section):
     recall: RecallSettings = Field(default_factory=RecallSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    app: AppSettings = Field(default_factory=AppSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -328,5 +328,9 @@ def test_serve_binds_locally_without_a_share_link_by_default(monkeypatch, tmp_pa
     assert result.exit_code == 0, result.output
     assert (calls["host"], calls["port"], calls["share"]) == ("127.0.0.1", 7860, False)
     assert calls["config"].cache.window_tokens == 508
-    result = CliRunner().invoke(cli, ["serve", "-c", str(config), "--host", "0.0.0.0", "--port", "8080"])
-    assert (calls["host"], calls["port"]) == ("0.0.0.0", 8080)
+    assert calls["auth"] is None  # no users: one local person, every session listed
+    # Another address needs users (tests/test_app_users.py has the refusal without them).
+    argv = ["serve", "-c", str(config), "--host", "0.0.0.0", "--port", "8080", "--auth", "alice:pw"]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    assert (calls["host"], calls["port"], calls["auth"]) == ("0.0.0.0", 8080, [("alice", "pw")])

@@ -4,6 +4,11 @@
 calls only the public :class:`streamrag.session.Assistant` API; see
 :mod:`streamrag_app.ui` for the layout and :mod:`streamrag_app.handlers` for
 what each button does.
+
+``streamrag serve --auth USER:PASSWORD`` (or ``--auth-file``) asks for a login,
+and each user sees and continues only their own sessions
+(:mod:`streamrag_app.auth`); without users the app serves only on a loopback
+address.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ A tab's ``gr.State`` holds only a session id; the conversation itself lives
 in :class:`streamrag.session.Resources` (one per process, shared model and
 archive), so two tabs on two ids never share a cache, and a tab that
 switches to a stored session resumes it from the transcript.
+
+Every method takes the tab's ``owner``: the logged-in user when the app has
+users (``streamrag serve --auth``), ``None`` without. A new session is stored
+with its owner, the list holds only the owner's sessions, and opening someone
+else's raises :class:`~streamrag.session.SessionAccessError`. With ``None``
+(one local user) every session is listed and may be opened.
 """
 
 from __future__ import annotations
@@ -42,25 +48,24 @@ class SessionRegistry:
             "generation.temperature": config.generation.temperature,
         }
 
-    def current(self, state: dict) -> Assistant | None:
+    def current(self, state: dict, owner: str | None = None) -> Assistant | None:
+        """The tab's session, if it has one; :class:`SessionAccessError` if it is not ``owner``'s."""
         session_id = state.get("session_id")
-        return self.resources.session(session_id) if session_id else None
+        return self.resources.session(session_id, owner=owner) if session_id else None
 
-    def ensure(self, state: dict, settings: dict) -> Assistant:
-        """The tab's session, created with ``settings`` on its first message."""
-        assistant = self.current(state)
+    def ensure(self, state: dict, settings: dict, owner: str | None = None) -> Assistant:
+        """The tab's session, created with ``settings`` (and ``owner``) on its first message."""
+        assistant = self.current(state, owner)
         if assistant is None:
             changed = {k: v for k, v in settings.items() if v is not None and v != self.defaults().get(k)}
-            assistant = self.resources.session(None, settings=_typed(changed))
+            assistant = self.resources.session(None, settings=_typed(changed), owner=owner)
             state["session_id"] = assistant.session_id
         return assistant
 
-    def choices(self) -> list[tuple[str, str]]:
-        """(label, session id) of every stored session with messages, the most recent first."""
+    def choices(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """(label, session id) of ``owner``'s stored sessions with messages (every one for ``None``), newest first."""
         out = []
-        for info in self.resources.transcript.sessions():
-            if info.message_count == 0:
-                continue
+        for info in self.resources.sessions_of(owner):
             label = info.title or info.session_id[:8]
             out.append((f"{label} · {info.message_count} msgs", info.session_id))
         return out

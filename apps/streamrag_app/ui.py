@@ -4,6 +4,15 @@ One :class:`~streamrag.session.Resources` (the model, loaded once) serves every
 browser tab. Everything that runs the model (reply, regenerate, undo, switching
 to a stored session) shares one Gradio concurrency group of size one, so a
 second tab waits in Gradio's queue and sees its position instead of racing.
+The queue holds at most ``app.max_queue`` waiting events; beyond that a request
+is answered at once with Gradio's "queue is full" error.
+
+Safe to share: with users (``launch(auth=[(user, password), ...])``, see
+:mod:`streamrag_app.auth`) Gradio asks for a login and each user sees only
+their own sessions. The page itself holds no session: the *Past sessions*
+list starts empty and is filled per user when the page loads, so ``/config``
+names no title or id. Without users :func:`launch` serves only on a loopback
+address and never with a share link.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import gradio as gr  # noqa: E402
 
 from streamrag.config import StreamRAGConfig  # noqa: E402
 from streamrag.session import Resources  # noqa: E402
+from streamrag_app.auth import Users, check_exposure, exposed  # noqa: E402
 from streamrag_app.handlers import SEARCH_HEADERS, Handlers  # noqa: E402
 from streamrag_app.panel import CSS, panel_data, panel_html  # noqa: E402
 from streamrag_app.sessions import SessionRegistry, new_state  # noqa: E402
@@ -59,7 +69,7 @@ def build_app(resources: Resources) -> gr.Blocks:
                 with gr.Column(scale=2):
                     with gr.Row():
                         sessions = gr.Dropdown(
-                            choices=registry.choices(),
+                            choices=[],  # filled per user on load: the page config must name no session
                             label="Past sessions",
                             interactive=True,
                             allow_custom_value=True,  # a new session is listed once it holds a message
@@ -113,7 +123,8 @@ def build_app(resources: Resources) -> gr.Blocks:
         undo.click(handlers.undo, [state], chat_outputs, api_name="undo", **model_limit)
         new.click(handlers.new_session, [state], chat_outputs, api_name="new_session")
         sessions.input(handlers.switch, [sessions, state], chat_outputs, api_name="switch_session", **model_limit)
-        demo.load(handlers.refresh_sessions, [state], [sessions], api_name=False)
+        # The list is filled per user when the page loads; outside the queue, so a full queue still shows it.
+        demo.load(handlers.refresh_sessions, [state], [sessions], api_name=False, queue=False)
         search.click(handlers.search, [query, top_k, state], [results], api_name="search")
         query.submit(handlers.search, [query, top_k, state], [results], api_name=False)
         results.select(handlers.pick, [results], [chunk_id], api_name=False)
@@ -139,8 +150,17 @@ def build_app(resources: Resources) -> gr.Blocks:
         confirm_forget.click(
             handlers.forget_session, [state], [archive_status, results, *chat_outputs], api_name="forget_session"
         ).then(lambda: gr.update(visible=False), None, [confirm_row], api_name=False)
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(max_size=resources.config.app.max_queue, default_concurrency_limit=4)
     return demo
+
+
+def network_warning(host: str, share: bool, users: int) -> str:
+    """What an operator should know when the app is reachable beyond this machine."""
+    if share:
+        where = "through a public share link (its traffic passes through Gradio's share server)"
+    else:
+        where = f"from the network on {host} (plain HTTP: put a TLS proxy in front, or passwords travel in clear)"
+    return f"the app is reachable {where}; only its {users} user(s) can log in, each to their own sessions"
 
 
 def launch(
@@ -150,15 +170,26 @@ def launch(
     share: bool = False,
     block: bool = True,
     resources: Resources | None = None,
+    auth: Users | None = None,
 ) -> gr.Blocks:
-    """Load the model once and serve the app; local only (127.0.0.1, no share link) unless told otherwise."""
+    """Load the model once and serve the app; local only (127.0.0.1, no share link) unless told otherwise.
+
+    ``auth`` (``[(user, password), ...]``) makes Gradio ask for a login and gives each user their own
+    sessions. Another address than the loopback one, or ``share``, is refused without it
+    (:class:`~streamrag.config.ConfigError`, raised before the model is loaded).
+    """
+    check_exposure(host, share, auth)
     resources = resources or Resources.load(config)
     demo = build_app(resources)
-    logger.info("serving streamrag on http://%s:%d (share=%s)", host, port, share)
+    logger.info("serving streamrag on http://%s:%d (share=%s, users=%d)", host, port, share, len(auth or []))
+    if exposed(host, share):
+        logger.warning("%s", network_warning(host, share, len(auth or [])))
     demo.launch(
         server_name=host,
         server_port=port,
         share=share,
+        auth=list(auth) if auth else None,
+        auth_message="streamrag: log in to see your own sessions." if auth else None,
         prevent_thread_lock=not block,
         ssr_mode=False,
         show_error=True,

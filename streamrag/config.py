@@ -416,6 +416,12 @@ class StreamRAGConfig(_Section):
     max_message_chars: int = Field(
         default=1_000_000, gt=0, description="Longest message accepted; longer ones are refused with an error."
     )
+    max_message_tokens: int = Field(
+        default=32_768,
+        gt=0,
+        description="Most tokens one message may have; longer ones are refused before anything is stored "
+        "(a 2 MiB message of emoji is 1.5M tokens: hours of prefill on a CPU).",
+    )
     live_sessions: int = Field(
         default=16,
         ge=1,

@@ -419,6 +419,25 @@ class StreamingLM:
     def check_message(self, role: str, content: str) -> None:
         """:class:`MessageError` if the message cannot be fed (see :func:`streamrag.text.check_message`)."""
         check_message(role, content, self.config.max_message_chars, ROLES)
+        self._check_tokens(content)
+
+    def _check_tokens(self, content: str) -> None:
+        """Refuse a message over ``max_message_tokens``, fast even for a huge one.
+
+        Only a prefix of ``8 * limit`` characters is tokenized first: when it
+        alone is over the limit (a megabyte of emoji is), the answer is known
+        without tokenizing the rest.
+        """
+        limit = self.config.max_message_tokens
+        probe = content[: 8 * limit]
+        count = len(self.tokenizer(probe, add_special_tokens=False)["input_ids"])
+        if count <= limit and len(probe) < len(content):
+            count = len(self.tokenizer(content, add_special_tokens=False)["input_ids"])
+        if count > limit:
+            counted = f"{count:,} tokens" if len(probe) == len(content) else f"over {count:,} tokens"
+            raise MessageError(
+                f"message has {counted}, more than max_message_tokens ({limit:,}); split it or raise the limit"
+            )
 
     def _generation(
         self,

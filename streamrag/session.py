@@ -874,8 +874,10 @@ class Assistant:
         self._said[stored.message_id] = (turn, stored.created_at)
         block_id = None
         try:
+            # Recall may wait on the network (a Chroma server, up to archive.timeout_s) and on the indexer:
+            # never with the model held, so a slow archive stalls this session alone, not every session.
+            recall = self._recall(text, now=stored.created_at, exclude=stored.message_id)
             with self.resources.using_model():
-                recall = self._recall(text, now=stored.created_at, exclude=stored.message_id)
                 if recall.block:
                     quoted = {"quotes": sorted(recall.message_ids)}  # what a forget of any of them erases
                     block = self.transcript.append(self.session_id, MEMORY_ROLE, recall.block, turn, meta=quoted)

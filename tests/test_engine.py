@@ -208,6 +208,8 @@ def test_message_longer_than_the_window_is_prefilled_in_chunks(make_lm):
         ("", "empty"),
         ("   \n ", "empty"),
         ("x" * 2_000_001, "max_message_chars"),
+        ("\U0001f600" * 400_000, "over .* tokens, more than max_message_tokens"),  # 1.6 MB of emoji
+        ("word " * 40_000, "has 40,0[0-9]+ tokens, more than max_message_tokens"),
         ("half an emoji \ud83d here", "lone surrogate"),
         ("\udfff", "not valid Unicode"),
     ],
@@ -221,6 +223,20 @@ def test_bad_messages_are_refused_without_changing_state(make_lm, content, match
     with pytest.raises(MessageError, match="unknown role"):
         lm.add_message("wizard", "hi")
     assert lm.stats() == before
+
+
+def test_a_huge_message_is_refused_after_tokenizing_only_a_prefix(make_lm):
+    """Only a prefix is tokenized when it alone is over the limit (the whole 1.6 MB would take seconds)."""
+    lm = make_lm()
+    calls = []
+    tokenizer = lm.tokenizer
+    lm.tokenizer = lambda text, **kw: calls.append(len(text)) or tokenizer(text, **kw)
+    try:
+        with pytest.raises(MessageError, match="max_message_tokens"):
+            lm.check_message("user", "\U0001f600" * 400_000)
+    finally:
+        lm.tokenizer = tokenizer
+    assert calls == [8 * lm.config.max_message_tokens]
 
 
 def test_stopping_a_stream_early_keeps_the_session_consistent(make_lm):

@@ -661,6 +661,38 @@ class Assistant:
         logger.info("session %s: cache rebuilt, %d of %d messages re-fed", self.session_id, len(feed), len(messages))
         return prefill.tokens if prefill else 0
 
+    def _roll_back(self, message_ids: list[str | None]) -> None:
+        """A step that failed is taken back whole (called with the session's lock held, then re-raise).
+
+        Its messages leave the cache (rewound to just before the first of
+        them), the transcript, the eviction log and the archive, so a retry
+        neither duplicates nor orphans anything. If the failed prefill had
+        already evicted the start of one of them, the cache cannot be rewound
+        and is rebuilt from the transcript instead (what it held before the
+        step is then in the log, as after any eviction: nothing is lost).
+        """
+        ids = [m for m in message_ids if m is not None]
+        doomed = set(ids)
+        first = next((slot.message_id for slot in self.lm.ledger.slots if slot.message_id in doomed), None)
+        rebuild = False
+        if first is not None:
+            with self.resources.using_model():
+                rebuild = not self.lm.truncate_to(first)
+        for message_id in ids:
+            self.lm.ledger.withdraw_message(message_id)  # one that never reached the cache
+            self._said.pop(message_id, None)
+        with self.indexer.paused():
+            for message_id in ids:
+                self.transcript.delete_message(message_id)
+            try:
+                for message_id in ids:
+                    self.archive.forget(self.session_id, message_id=message_id)
+            except ArchiveUnavailable as exc:
+                logger.warning("session %s: chunks of a failed step may stay in the archive: %s", self.session_id, exc)
+        if rebuild:
+            self._rebuild()
+        self._newest = self._newest_row()
+
     def _start(self) -> None:
         """The configured system prompt opens a new conversation (and becomes its attention sinks)."""
         if self._started:
@@ -746,10 +778,7 @@ class Assistant:
             with self.resources.using_model():
                 self.lm.add_messages([(m.role, m.content, m.message_id) for m in stored])
         except BaseException:
-            for row in stored:
-                if row.message_id not in self.lm.ledger:
-                    self.transcript.delete_message(row.message_id)
-            self._newest = self._newest_row()
+            self._roll_back([row.message_id for row in stored])
             raise
         if stored:
             self._newest = stored[-1].message_id
@@ -849,9 +878,7 @@ class Assistant:
             with self.resources.using_model():
                 self.lm.add_message("system", text, message_id=row.message_id, archive=False)
         except BaseException:
-            if row.message_id not in self.lm.ledger:
-                self.transcript.delete_message(row.message_id)
-            self._newest = self._newest_row()
+            self._roll_back([row.message_id])
             raise
         self._tools_fed = (key, row.message_id)
         self._newest = row.message_id
@@ -886,11 +913,7 @@ class Assistant:
                 constraint = plan.make_constraint()
                 reply = self.lm.stream_chat(text, message_id=stored.message_id, constraint=constraint, **generation)
         except BaseException:
-            # Nothing of the turn reached the model (or only what an eviction already logged): take back the rest.
-            for message_id in (stored.message_id, block_id):
-                if message_id is not None and message_id not in self.lm.ledger:
-                    self.transcript.delete_message(message_id)
-            self._newest = self._newest_row()
+            self._roll_back([stored.message_id, block_id])
             raise
         self._newest = block_id or stored.message_id
         self._title_from(text)

@@ -189,6 +189,16 @@ def make_resources(embedded, tmp_path):
         resources.close()
 
 
+# A fact to plant, then small talk that pushes it out of a 124-token window in four or five turns.
+PASSPORT_FACT = "Before I forget: my passport number is X7741, and it expires in May."
+SMALL_TALK = [
+    "We are thinking about painting the hallway a pale green colour this spring.",
+    "Yesterday I repotted the lemon tree on the balcony; it needed a bigger pot.",
+    "The train to Coimbra was forty minutes late again this morning, as always.",
+    "My neighbour's dog barks every morning at exactly seven o'clock.",
+    "I am reading a novel about sailors crossing the Atlantic in winter.",
+]
+
 FILLER = [
     ("Let's talk about gardening. What should I plant in a shady corner?", "Ferns and hostas do well in shade."),
     ("The weather has been grey all week and the train was late again.", "A short walk at lunch can help."),

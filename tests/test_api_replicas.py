@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from conftest import PASSPORT_FACT, SMALL_TALK
 from openai import OpenAI
 
 from streamrag.api.background import BackgroundServer
 from streamrag.config import ServerSettings
 
 MODEL = "SmolLM2-135M-Instruct"
-FACT = "Before I forget: my passport number is X7741, and it expires in May."
-FILLER = [
-    "We are thinking about painting the hallway a pale green colour this spring.",
-    "Yesterday I repotted the lemon tree on the balcony; it needed a bigger pot.",
-    "The train to Coimbra was forty minutes late again this morning, as always.",
-    "My neighbour's dog barks every morning at exactly seven o'clock.",
-    "I am reading a novel about sailors crossing the Atlantic in winter.",
-]
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -41,7 +34,7 @@ def test_a_session_started_on_one_replica_continues_on_the_other(make_resources,
         headers = {"X-Session-Id": "trip"}
         messages: list[dict] = []
         usages = []
-        for i, text in enumerate([FACT, *FILLER]):
+        for i, text in enumerate([PASSPORT_FACT, *SMALL_TALK]):
             messages.append({"role": "user", "content": text})
             api = clients[i % 2]  # turn 1 on replica A, turn 2 on B, turn 3 on A again...
             reply = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, extra_headers=headers)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from streamrag.bench.serve import gradio_text
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client", reason="the app extra is not installed")
 
@@ -70,20 +72,9 @@ def chat(c, message: str):
     outputs = job.outputs()
     for _textbox, history, _html, _panel, _sessions in outputs:
         if history and history[-1]["role"] == "assistant":
-            updates.append(_text(history[-1]["content"]))
+            updates.append(gradio_text(history[-1]["content"]))
     _textbox, history, _html, panel, _sessions = job.result()
-    return _text(history[-1]["content"]), panel, updates, history
-
-
-def _text(content) -> str:
-    """gradio_client returns message content as a string or as a list of text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    if isinstance(content, dict):
-        return content.get("text", "")
-    return str(content)
+    return gradio_text(history[-1]["content"]), panel, updates, history
 
 
 def test_a_message_streams_back_in_several_partial_updates(app):
@@ -146,7 +137,7 @@ def test_two_concurrent_clients_never_see_each_others_messages_or_memories(app):
         session_ids = {p["session_id"] for p in panels}
         assert len(session_ids) == 1
         for history in histories[:-1]:  # bob's last question names Bluefinch itself
-            assert not any(words in _text(m["content"]) for m in history if m["role"] == "user")
+            assert not any(words in gradio_text(m["content"]) for m in history if m["role"] == "user")
         for panel in panels:
             assert all(words not in m["text"] for m in panel["recalled"])
     assert {p["session_id"] for p in seen["alice"][1]}.isdisjoint({p["session_id"] for p in seen["bob"][1]})
@@ -160,7 +151,7 @@ def test_undo_regenerate_and_sessions_that_survive_a_restart(app, embedded):
     chat(c, "My favourite tea is a smoky lapsang souchong.")
     first, _, _, _ = chat(c, "Name one mountain.")
     _, history, _, panel, _ = c.predict(api_name="/regenerate")
-    assert _text(history[-1]["content"]) == first  # greedy: the same answer, not a second copy
+    assert gradio_text(history[-1]["content"]) == first  # greedy: the same answer, not a second copy
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     textbox, history, _, panel, _ = c.predict(api_name="/undo")
     assert textbox == "Name one mountain." and len(history) == 2
@@ -174,7 +165,7 @@ def test_undo_regenerate_and_sessions_that_survive_a_restart(app, embedded):
         _, _, _, _, sessions = c2.predict(api_name="/new_session")
         choices = sessions.get("choices", []) if isinstance(sessions, dict) else []
         _, history, _, panel, _ = c2.predict(session_id, api_name="/switch_session")
-        assert _text(history[0]["content"]) == "My favourite tea is a smoky lapsang souchong."
+        assert gradio_text(history[0]["content"]) == "My favourite tea is a smoky lapsang souchong."
         assert panel["session_id"] == session_id and panel["cache"]["cache_tokens"] > 0
         reply, panel, _, history = chat(c2, "Thanks!")
         assert panel["session_id"] == session_id and len(history) == 4
@@ -201,7 +192,7 @@ def test_forget_one_memory_or_the_whole_session_from_the_archive_tab(app):
     said = [m for m in resources.transcript.messages(session_id, include_superseded=True) if m.role == "user"]
     assert not any("PIN hint" in m.content for m in said)
     # The screen agrees with the stores: the forgotten message left the chat view too.
-    assert not any("PIN hint" in _text(m["content"]) for m in history if m["role"] == "user")
+    assert not any("PIN hint" in gradio_text(m["content"]) for m in history if m["role"] == "user")
     # Forgetting the whole session (the confirmation step's endpoint) leaves no byte of it under the data dir.
     words = "4711-PELICAN"
     assert files_holding(path, words)

@@ -8,18 +8,12 @@ after its prefill had already evicted text. The next turn then works as if the f
 from __future__ import annotations
 
 import pytest
+from conftest import PASSPORT_FACT, SMALL_TALK
 
 from streamrag.session import MEMORY_ROLE
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
-FACT = "Before I forget: my passport number is X7741, and it expires in May."
-FILLER = [
-    "We are thinking about painting the hallway a pale green colour this spring.",
-    "Yesterday I repotted the lemon tree on the balcony; it needed a bigger pot.",
-    "The train to Coimbra was forty minutes late again this morning, as always.",
-    "My neighbour's dog barks every morning at exactly seven o'clock.",
-]
 QUESTION = "What is my passport number?"
 
 
@@ -35,7 +29,7 @@ def session(make_resources):
         generation={"temperature": 0, "max_new_tokens": 8},
     )
     session = resources.session("s")
-    for text in [FACT, *FILLER]:
+    for text in [PASSPORT_FACT, *SMALL_TALK[:4]]:
         session.chat(text)
     assert session.flush(60)
     assert "X7741" in session.recall(QUESTION).block  # the question recalls the evicted fact

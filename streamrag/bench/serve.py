@@ -229,7 +229,7 @@ def _run_gradio(resources, count: int, turns: int, max_tokens: int, tick) -> dic
                     outputs = job.outputs()
                     if len(outputs) > seen:
                         history = outputs[-1][1]
-                        if history and history[-1]["role"] == "assistant" and _text(history[-1]["content"]):
+                        if history and history[-1]["role"] == "assistant" and gradio_text(history[-1]["content"]):
                             last = time.monotonic()
                             first = first or last
                         seen = len(outputs)
@@ -237,7 +237,7 @@ def _run_gradio(resources, count: int, turns: int, max_tokens: int, tick) -> dic
                         break
                     time.sleep(0.005)
                 history = job.result()[1]
-                tokens = len(resources.tokenizer(_text(history[-1]["content"]))["input_ids"])
+                tokens = len(resources.tokenizer(gradio_text(history[-1]["content"]))["input_ids"])
                 timings.append(TurnTiming((first or time.monotonic()) - sent, tokens, (last or 0) - (first or 0)))
                 tick()
 
@@ -247,7 +247,8 @@ def _run_gradio(resources, count: int, turns: int, max_tokens: int, tick) -> dic
     return _summary(timings, wall, errors)
 
 
-def _text(content) -> str:
+def gradio_text(content) -> str:
+    """A chat message's content as gradio_client returns it (a string, or a list of text parts) as text."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):

@@ -235,15 +235,15 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
         }
 
     # -- memory ------------------------------------------------------------
-    def stored_session(session_id: str) -> str:
+    async def stored_session(session_id: str) -> str:
         session_name(session_id, "session id")
-        if resources.transcript.count(session_id) == 0:
+        if await run_in_threadpool(resources.transcript.count, session_id) == 0:  # a database round trip
             raise APIError(404, f"no session {session_id!r}", param="session_id", code="session_not_found")
         return session_id
 
     @app.get("/v1/sessions/{session_id}", dependencies=[Depends(authorized)])
     async def session_info(session_id: str) -> dict[str, Any]:
-        stored_session(session_id)
+        await stored_session(session_id)
         info = await run_in_threadpool(resources.transcript.get_session, session_id)
         return {
             "id": info.session_id,
@@ -256,7 +256,7 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
 
     @app.get("/v1/sessions/{session_id}/messages", dependencies=[Depends(authorized)])
     async def session_messages(session_id: str) -> dict[str, Any]:
-        stored_session(session_id)
+        await stored_session(session_id)
         rows = await run_in_threadpool(resources.transcript.messages, session_id, include_superseded=True)
         data = [
             {
@@ -279,7 +279,7 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
         limit: int = Query(default=100, ge=1, le=1000),
         offset: int = Query(default=0, ge=0),
     ) -> dict[str, Any]:
-        stored_session(session_id)
+        await stored_session(session_id)
         try:
             if query is not None and query.strip():
                 pending = resources.indexer.pending_chunks(session_id)
@@ -294,7 +294,7 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
 
     @app.delete("/v1/sessions/{session_id}/memories/{chunk_id}", dependencies=[Depends(authorized)])
     async def forget_memory(session_id: str, chunk_id: str) -> dict[str, Any]:
-        stored_session(session_id)
+        await stored_session(session_id)
         session = await run_in_threadpool(resources.session, session_id)
         try:
             forgotten = await run_in_threadpool(session.forget, chunk_id)
@@ -306,7 +306,7 @@ def create_app(resources: Resources, settings: ServerSettings | None = None) -> 
 
     @app.delete("/v1/sessions/{session_id}", dependencies=[Depends(authorized)])
     async def forget_session(session_id: str) -> dict[str, Any]:
-        stored_session(session_id)
+        await stored_session(session_id)
         session: Assistant = await run_in_threadpool(resources.session, session_id)
         forgotten = await run_in_threadpool(session.forget_session)
         return {"id": session_id, "object": "session.deleted", "deleted": True, "messages": len(forgotten.message_ids)}

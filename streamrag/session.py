@@ -46,7 +46,7 @@ from streamrag.recall import RecallPolicy, RecallResult
 from streamrag.structured import TurnPlan, plan_turn, routed_plan
 from streamrag.text import MessageError
 from streamrag.tool_router import ToolRouter
-from streamrag.tools import ToolCall, ToolChoice
+from streamrag.tools import ToolCall, ToolChoice, ToolFormat, ToolSyntax
 from streamrag.transcript import (
     EvictedText,
     NewMessage,
@@ -92,6 +92,7 @@ class Resources:
     active_at: float = 0.0  # monotonic time the model last finished a step
     _assistants: OrderedDict[str, Assistant] = field(default_factory=OrderedDict, repr=False, compare=False)
     _assistants_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _tool_syntax: ToolSyntax | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.indexer is None:
@@ -127,11 +128,17 @@ class Resources:
         from streamrag.models import load_model
 
         config = config or StreamRAGConfig()
-        data_dir = Path(config.data_dir)
-        model, tokenizer, _ = load_model(config.model, data_dir)
-        archive = Archive(config.archive, data_dir)
-        transcript = open_transcript(config.transcript_target)
-        return cls(config, model, tokenizer, archive, transcript, FairLock())
+        model, tokenizer, _ = load_model(config.model, Path(config.data_dir))
+        return cls.around(config, model, tokenizer)
+
+    @classmethod
+    def around(cls, config: StreamRAGConfig, model, tokenizer) -> Resources:
+        """Resources for an already loaded model: the archive and transcript where ``config`` puts them.
+
+        For benchmarks and tests that load a model once and give each run its own data directory.
+        """
+        archive = Archive(config.archive, Path(config.data_dir))
+        return cls(config, model, tokenizer, archive, open_transcript(config.transcript_target), FairLock())
 
     @classmethod
     def shared(cls, config: StreamRAGConfig | None = None) -> Resources:
@@ -179,6 +186,21 @@ class Resources:
             self._assistants.move_to_end(assistant.session_id)
         assistant.catch_up()  # another process (a replica on a shared transcript) may have moved it on
         return assistant
+
+    def continued_by(self, session_id: str, messages) -> int:
+        """How many leading messages of ``messages`` the stored session already has (see
+        :meth:`Assistant.continued_by`), read from the transcript: a session that is not live is not opened."""
+        with self._assistants_lock:
+            live = self._assistants.get(session_id)
+        if live is not None:
+            return live.continued_by(messages)
+        info = self.transcript.get_session(session_id)
+        if info is None:
+            return 0
+        prompt = session_config(self.config, info.meta.get("settings")).system_prompt
+        if self._tool_syntax is None:
+            self._tool_syntax = ToolFormat.for_tokenizer(self.tokenizer).syntax
+        return conversation_overlap(self.transcript, session_id, prompt, messages, self._tool_syntax)
 
     def sessions_of(self, owner: str | None) -> list[SessionInfo]:
         """Stored sessions holding messages, the most recent first: ``owner``'s only, or, for ``None``
@@ -257,11 +279,10 @@ class AnonymousSessions:
             known = list(self._ids[-self.limit :])
         best, best_shared = None, 0
         for session_id in reversed(known):  # the most recent first: it wins a tie
-            session = resources.session(session_id)
-            shared = session.continued_by(messages)
+            shared = resources.continued_by(session_id, messages)
             if shared > best_shared:
-                best, best_shared = session, shared
-        return self._remember(best or resources.session(None))
+                best, best_shared = session_id, shared
+        return self._remember(resources.session(best))  # only the one chosen is opened (a new one for None)
 
     def _remember(self, session: Assistant) -> Assistant:
         with self._lock:
@@ -270,6 +291,29 @@ class AnonymousSessions:
             self._ids.append(session.session_id)
             del self._ids[: -self.limit]
         return session
+
+
+def held_conversation(
+    transcript: Transcript, session_id: str, system_prompt: str | None, incoming: list[HistoryMessage]
+) -> tuple[list[StoredMessage], list[HistoryMessage]]:
+    """A session's conversation as stored and as messages, to compare with a client's ``incoming`` list."""
+    stored = [m for m in transcript.messages(session_id) if m.role not in CONTEXT_ROLES]
+    held = [HistoryMessage(m.role, m.content) for m in stored]
+    if system_prompt and held and held[0] == HistoryMessage("system", system_prompt):
+        if not incoming or incoming[0].role != "system":
+            # The configured prompt the session added itself; clients need not repeat it.
+            stored, held = stored[1:], held[1:]
+    return stored, held
+
+
+def conversation_overlap(
+    transcript: Transcript, session_id: str, system_prompt: str | None, messages, syntax: ToolSyntax
+) -> int:
+    """How many leading messages of ``messages`` the stored session has (0 if only a system prompt)."""
+    incoming = normalise(messages, syntax)
+    _, held = held_conversation(transcript, session_id, system_prompt, incoming)
+    common = shared_prefix(held, incoming, syntax)
+    return common if any(m.role != "system" for m in incoming[:common]) else 0
 
 
 MAX_NAME_CHARS = 100
@@ -1082,24 +1126,15 @@ class Assistant:
 
     def _held(self, incoming: list[HistoryMessage]) -> tuple[list[StoredMessage], list[HistoryMessage]]:
         """The session's conversation as stored and as messages, to compare with a client's ``incoming`` list."""
-        stored = [m for m in self.transcript.messages(self.session_id) if m.role not in CONTEXT_ROLES]
-        held = [HistoryMessage(m.role, m.content) for m in stored]
-        prompt = self.config.system_prompt
-        if prompt and held and held[0] == HistoryMessage("system", prompt):
-            if not incoming or incoming[0].role != "system":
-                # The configured prompt the session added itself; clients need not repeat it.
-                stored, held = stored[1:], held[1:]
-        return stored, held
+        return held_conversation(self.transcript, self.session_id, self.config.system_prompt, incoming)
 
     def continued_by(self, messages) -> int:
         """How many leading messages of a client's list this conversation already has (0 if they only share
         a system prompt: two conversations with one prompt are still two)."""
-        syntax = self.lm.tool_format.syntax
-        incoming = normalise(messages, syntax)
         with self._lock:
-            _, held = self._held(incoming)
-        common = shared_prefix(held, incoming, syntax)
-        return common if any(m.role != "system" for m in incoming[:common]) else 0
+            return conversation_overlap(
+                self.transcript, self.session_id, self.config.system_prompt, messages, self.lm.tool_format.syntax
+            )
 
     def _sync(self, incoming: list[HistoryMessage]) -> SyncResult:
         stored, held = self._held(incoming)

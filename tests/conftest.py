@@ -156,10 +156,7 @@ def build_resources(embedded, path, **sections):
 
     Defaults: a 256-token cache (evictions within a few turns) and short greedy replies.
     """
-    from streamrag.archive import Archive
-    from streamrag.fairlock import FairLock
     from streamrag.session import Resources
-    from streamrag.transcript import open_transcript
 
     model, tokenizer = embedded
     settings = {
@@ -169,9 +166,7 @@ def build_resources(embedded, path, **sections):
         **sections,
     }
     config = StreamRAGConfig(data_dir=path, **settings)
-    archive = Archive(config.archive, path)
-    transcript = open_transcript(config.transcript_target)  # SQLite under path, or a transcript_url
-    return Resources(config, model, tokenizer, archive, transcript, FairLock())
+    return Resources.around(config, model, tokenizer)  # SQLite under path, or a transcript_url
 
 
 @pytest.fixture

@@ -102,20 +102,15 @@ def run_serve(
 
 def _resources(model, tokenizer, config: StreamRAGConfig, path: Path, max_tokens: int, clients: int):
     """Fresh archive and transcript for one run; greedy replies of exactly ``max_tokens`` tokens."""
-    from streamrag.archive import Archive
-    from streamrag.fairlock import FairLock
     from streamrag.session import Resources
-    from streamrag.transcript import Transcript
 
     data = config.model_dump()
     data["data_dir"] = path
-    data.pop("transcript_url", None)  # always a fresh SQLite transcript under the run's folder
+    data["transcript_url"] = None  # always a fresh SQLite transcript under the run's folder
     data["generation"].update(temperature=0.0, max_new_tokens=max_tokens, ignore_eos=True)
     data["archive"]["chroma_url"] = None
     data["server"].update(max_active=clients, max_queue=max(clients, 1), api_key=None)
-    run_config = StreamRAGConfig.from_dict(data)
-    archive = Archive(run_config.archive, path)
-    return Resources(run_config, model, tokenizer, archive, Transcript(run_config.transcript_path), FairLock())
+    return Resources.around(StreamRAGConfig.from_dict(data), model, tokenizer)
 
 
 def _summary(timings: list[TurnTiming], wall_s: float, errors: int) -> dict[str, Any]:

@@ -60,6 +60,21 @@ def _setup_logging(verbose: bool) -> None:
     hf_logging.disable_progress_bar()  # weight-loading bars would interleave with the chat
 
 
+def _load_resources(cfg: StreamRAGConfig):
+    """The model, archive and transcript for ``cfg``, or a clean exit with the reason (no traceback)."""
+    from streamrag.archive import ArchiveUnavailable
+    from streamrag.models import ModelLoadError
+    from streamrag.rope import UnsupportedModelError
+    from streamrag.session import Resources
+
+    try:
+        with console.status("loading models..."):
+            return Resources.load(cfg)
+    except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
 def _load_lm(cfg: StreamRAGConfig):
     from streamrag.engine import StreamingLM
     from streamrag.models import ModelLoadError, load_model
@@ -106,15 +121,13 @@ def chat(
     )
     from streamrag.archive import ArchiveUnavailable
     from streamrag.engine import MessageError
-    from streamrag.models import ModelLoadError
-    from streamrag.rope import UnsupportedModelError
-    from streamrag.session import Assistant, Resources
+    from streamrag.session import Assistant
 
+    resources = _load_resources(cfg)
     try:
-        with console.status("loading models..."):
-            resources = Resources.load(cfg)
+        with console.status("resuming..." if session else "starting..."):
             assistant = Assistant.resume(session, resources=resources) if session else Assistant(resources)
-    except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable, KeyError) as exc:
+    except (ArchiveUnavailable, KeyError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"[bold]streamrag chat[/bold] — session [cyan]{assistant.session_id}[/cyan]; /stats, /recall, /quit")
@@ -218,17 +231,7 @@ def serve(
         raise typer.Exit(1) from None
     if exposed(host, share):
         console.print(f"[yellow]warning:[/yellow] {network_warning(host, share, len(users))}")
-    from streamrag.archive import ArchiveUnavailable
-    from streamrag.models import ModelLoadError
-    from streamrag.rope import UnsupportedModelError
-    from streamrag.session import Resources
-
-    try:
-        with console.status("loading models..."):
-            resources = Resources.load(cfg)
-    except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    resources = _load_resources(cfg)
     launch(cfg, host=host, port=port, share=share, resources=resources, auth=users or None)
 
 
@@ -263,24 +266,14 @@ def api(
     except ImportError as exc:
         console.print(f"[red]error:[/red] the API server needs its extra: pip install 'streamrag[server]' ({exc})")
         raise typer.Exit(1) from None
-    from streamrag.archive import ArchiveUnavailable
     from streamrag.config import ConfigError
-    from streamrag.models import ModelLoadError
-    from streamrag.rope import UnsupportedModelError
-    from streamrag.session import Resources
 
-    if not http_api.is_loopback(cfg.server.host) and http_api.api_key_of(cfg.server) is None:
-        console.print(
-            f"[red]error:[/red] refusing to serve on {cfg.server.host} without an API key; "
-            "set --api-key or $STREAMRAG_API_KEY, or bind 127.0.0.1"
-        )
-        raise typer.Exit(1)
-    try:
-        with console.status("loading models..."):
-            resources = Resources.load(cfg)
-    except (ModelLoadError, UnsupportedModelError, ArchiveUnavailable) as exc:
+    try:  # before loading anything: a refused start costs no model load
+        http_api.check_exposure(cfg.server)
+    except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    resources = _load_resources(cfg)
     console.print(f"OpenAI-compatible API on http://{cfg.server.host}:{cfg.server.port}/v1")
     try:
         http_api.run(resources)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from streamrag.api.app import SESSION_HEADER, api_key_of, create_app, is_loopback, served_model_name
-from streamrag.config import ConfigError
+from streamrag.api.app import SESSION_HEADER, api_key_of, check_exposure, create_app, is_loopback, served_model_name
 from streamrag.session import Resources
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SESSION_HEADER", "api_key_of", "create_app", "is_loopback", "run", "served_model_name"]
+__all__ = ["SESSION_HEADER", "api_key_of", "check_exposure", "create_app", "is_loopback", "run", "served_model_name"]
 
 
 def run(resources: Resources, host: str | None = None, port: int | None = None) -> None:
@@ -21,13 +20,10 @@ def run(resources: Resources, host: str | None = None, port: int | None = None) 
     """
     import uvicorn
 
-    settings = resources.config.server
-    host = host or settings.host
-    port = port or settings.port
-    if not is_loopback(host) and api_key_of(settings) is None:
-        raise ConfigError(
-            f"refusing to serve on {host} without an API key: anyone who reaches the port could read every "
-            "session. Set server.api_key, --api-key or $STREAMRAG_API_KEY (or bind 127.0.0.1)."
-        )
+    settings = resources.config.server.model_copy(
+        update={"host": host or resources.config.server.host, "port": port or resources.config.server.port}
+    )
+    host, port = settings.host, settings.port
+    check_exposure(settings)
     logger.info("streamrag API on http://%s:%d/v1 (model %s)", host, port, served_model_name(resources.config))
     uvicorn.run(create_app(resources), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)

@@ -45,7 +45,7 @@ from streamrag.api.completions import ChunkStream, completion, sse
 from streamrag.api.errors import APIError, as_api_error, install_error_handlers
 from streamrag.api.schemas import ChatCompletionRequest, EmbeddingRequest
 from streamrag.api.turns import TurnWorker
-from streamrag.config import ServerSettings, StreamRAGConfig
+from streamrag.config import ConfigError, ServerSettings, StreamRAGConfig
 from streamrag.models import EMBEDDED_MODEL_NAME
 from streamrag.session import AnonymousSessions, Assistant, Resources
 from streamrag.tools import ToolCallStream
@@ -87,6 +87,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_exposure(settings: ServerSettings) -> None:
+    """Refuse to serve beyond the loopback address without an API key: anyone reaching the port could read
+    every session's transcript and memories."""
+    if not is_loopback(settings.host) and api_key_of(settings) is None:
+        raise ConfigError(
+            f"refusing to serve on {settings.host} without an API key: anyone who reaches the port could read "
+            "every session. Set server.api_key, --api-key or $STREAMRAG_API_KEY (or bind 127.0.0.1)."
+        )
 
 
 def session_name(value: str | None, source: str) -> str | None:

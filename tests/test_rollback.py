@@ -84,26 +84,27 @@ def _fail_after_the_question_is_prefilled(session, monkeypatch):
     monkeypatch.setattr(session.lm, "stream_chat", failing)
 
 
-@pytest.mark.parametrize("inject", [_fail_recall, _fail_storing_the_block])
-def test_a_turn_that_fails_before_feeding_anything_leaves_every_store_exactly_as_it_was(session, monkeypatch, inject):
+def _failed_turn(session, monkeypatch, inject) -> tuple[tuple, tuple]:
+    """Ask the question with ``inject``'s failure in place; the stores' snapshots before and after."""
     before = snapshot(session)
     inject(session, monkeypatch)
     with pytest.raises(Injected):
         session.stream(QUESTION)
     monkeypatch.undo()
-    assert snapshot(session) == before
+    return before, snapshot(session)
+
+
+@pytest.mark.parametrize("inject", [_fail_recall, _fail_storing_the_block])
+def test_a_turn_that_fails_before_feeding_anything_leaves_every_store_exactly_as_it_was(session, monkeypatch, inject):
+    before, after = _failed_turn(session, monkeypatch, inject)
+    assert after == before
     _next_turn_is_ordinary(session)
 
 
 @pytest.mark.parametrize("inject", [_fail_feeding_the_block, _fail_after_the_question_is_prefilled])
 def test_a_turn_that_fails_after_feeding_leaves_no_trace_and_loses_nothing(session, monkeypatch, inject):
     """Feeding made room by evicting older text (logged, as any eviction); the failed step's own text is gone."""
-    before = snapshot(session)
-    inject(session, monkeypatch)
-    with pytest.raises(Injected):
-        session.stream(QUESTION)
-    monkeypatch.undo()
-    after = snapshot(session)
+    before, after = _failed_turn(session, monkeypatch, inject)
     assert after[0] == before[0] and after[5] == before[5]  # transcript rows and turn count as before
     _no_trace_and_nothing_lost(session)
     _next_turn_is_ordinary(session)

@@ -162,3 +162,26 @@ def test_constrained_bench_measures_the_grammar_against_free_text(embedded, data
     # The tool call's fixed head is written for the model: many tokens per forward pass.
     assert workloads["tool_call"]["tokens_per_step"] > 2
     assert workloads["tool_call"]["ms_per_step_ratio"] > 0
+
+
+def test_serve_bench_sends_the_same_load_through_the_api_and_the_app(embedded, data_dir, tmp_path, keep_threads):
+    from streamrag.bench.serve import run_serve
+
+    model, tokenizer = embedded
+    torch.set_num_threads(1)
+    result = run_serve(
+        model, tokenizer, StreamRAGConfig(data_dir=data_dir), tmp_path, clients=(1, 2), turns=2, max_tokens=4
+    )
+    assert json.loads((tmp_path / "serve.json").read_text())["results"] == result["results"]
+    assert_png(tmp_path / "serve.png")
+    for target in ("api", "gradio"):
+        for clients in (1, 2):
+            run = result["results"][target][str(clients)]
+            # Every turn of every client answered, each reply exactly max_tokens long (end of turn ignored).
+            assert run["errors"] == 0 and run["turns"] == 2 * clients and run["tokens"] > 0
+            if target == "api":  # streamed pieces are tokens; the app's text is re-tokenized, which may merge some
+                assert run["tokens"] == 2 * clients * 4
+            assert 0 < run["ttft_p50_ms"] <= run["ttft_p95_ms"] and run["total_tokens_per_s"] > 0
+    api = result["results"]["api"]["2"]
+    assert api["total_throughput_vs_gradio"] > 0 and api["ttft_p50_vs_gradio"] > 0
+    assert not any(tmp_path.glob("*.sqlite3"))  # runs write their stores in their own temporary folders

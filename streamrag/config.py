@@ -64,6 +64,15 @@ class ModelSettings(_Section):
     attn_implementation: str | None = Field(
         default=None, description="Passed to transformers (e.g. 'sdpa', 'eager'); None lets transformers choose."
     )
+    quantize: Literal["auto", "none", "int8", "int4"] = Field(
+        default="auto",
+        description=(
+            "Weight-only quantisation of the linear layers for CPU decoding (streamrag.quantize). 'auto': on CPU, "
+            "int4 when the weights come from a 4-bit GGUF (already on that grid, so nearly lossless) and int8 "
+            "from an 8-bit one; otherwise none. 'int4'/'int8' force it on CPU (measure with `streamrag bench "
+            "decode`); on CUDA use bf16 and 'none'."
+        ),
+    )
     trust_remote_code: bool = False
 
     @field_validator("dtype")

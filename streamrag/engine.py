@@ -63,6 +63,7 @@ FLAT_SETTINGS = {
     "device": "model.device",
     "dtype": "model.dtype",
     "gguf_file": "model.gguf_file",
+    "quantize": "model.quantize",
     "attn_implementation": "model.attn_implementation",
     "temperature": "generation.temperature",
     "top_p": "generation.top_p",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from streamrag.config import ModelSettings
+from streamrag.quantize import check_supported, quantize_model
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,60 @@ def converted_gguf_dir(gguf_path: Path, data_dir: Path) -> Path:
     return data_dir / "models" / f"gguf-{_file_digest(gguf_path)}"
 
 
+SOURCE_NOTE = "streamrag-source.json"
+"""Written beside a converted GGUF: what the original weights were (their bit width decides ``quantize: auto``)."""
+
+
+def gguf_weight_bits(gguf_path: Path) -> int | None:
+    """Widest bit width among a GGUF's decoder matrices (4 for Q4_*, 8 for Q8_0, 16/32 for float), or None.
+
+    Reading a GGUF's tensor table takes ~2 s, so :func:`source_weight_bits`
+    keeps the answer beside the converted weights.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    widths = set()
+    for tensor in reader.tensors:
+        if not (tensor.name.startswith("blk.") and tensor.name.endswith(".weight") and len(tensor.shape) == 2):
+            continue
+        name = tensor.tensor_type.name
+        digits = "".join(ch for ch in name.split("_")[0] if ch.isdigit()) or None
+        if name in ("F32", "F16", "BF16"):
+            widths.add(int(name[1:]) if name != "BF16" else 16)
+        elif name.startswith(("Q", "IQ")) and digits:
+            widths.add(int(digits))
+        else:
+            return None
+    return max(widths) if widths else None
+
+
+def source_weight_bits(converted: Path, gguf_path: Path) -> int | None:
+    """The bit width of the GGUF a converted folder came from (read once, then kept in :data:`SOURCE_NOTE`)."""
+    note = converted / SOURCE_NOTE
+    try:
+        return json.loads(note.read_text())["weight_bits"]
+    except (OSError, ValueError, KeyError):
+        pass
+    bits = gguf_weight_bits(gguf_path)
+    try:
+        note.write_text(json.dumps({"gguf_file": gguf_path.name, "weight_bits": bits}))
+    except OSError as exc:  # a read-only data directory only costs the next start the same ~2 s
+        logger.debug("could not write %s: %s", note, exc)
+    return bits
+
+
+def pick_quantize(requested: str, device: torch.device, weight_bits: int | None) -> str:
+    """Resolve ``model.quantize``: 'auto' quantises on CPU only, and only as far as the source already was."""
+    if requested != "auto":
+        return requested
+    if device.type != "cpu" or weight_bits is None:
+        return "none"
+    if weight_bits <= 4:
+        return "int4"
+    return "int8" if weight_bits <= 8 else "none"
+
+
 def _convert_gguf(resolved: ResolvedModel, target: Path) -> None:
     """Dequantise a GGUF once and save it as a normal transformers folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -157,6 +213,9 @@ def _convert_gguf(resolved: ResolvedModel, target: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        gguf_path = Path(resolved.path) / resolved.gguf_file
+        bits = gguf_weight_bits(gguf_path)
+        (staging / SOURCE_NOTE).write_text(json.dumps({"gguf_file": gguf_path.name, "weight_bits": bits}))
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -174,7 +233,9 @@ def load_model(settings: ModelSettings, data_dir: Path):
     resolved = resolve(settings)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
+    check_supported(settings.quantize, device)
     source, gguf_file = resolved.path, resolved.gguf_file
+    weight_bits = None
     if gguf_file is not None:
         gguf_path = Path(resolved.path) / gguf_file
         if gguf_path.is_file():
@@ -182,6 +243,8 @@ def load_model(settings: ModelSettings, data_dir: Path):
             if not (target / "config.json").is_file():
                 _convert_gguf(resolved, target)
             source, gguf_file = str(target), None
+            if settings.quantize == "auto":
+                weight_bits = source_weight_bits(target, gguf_path)
     kwargs = {"dtype": dtype, "trust_remote_code": settings.trust_remote_code}
     if settings.attn_implementation:
         kwargs["attn_implementation"] = settings.attn_implementation
@@ -206,5 +269,8 @@ def load_model(settings: ModelSettings, data_dir: Path):
         ) from exc
     model.to(device)
     model.eval()
-    logger.info("loaded %s on %s as %s", resolved.description, device, dtype)
+    quantize = pick_quantize(settings.quantize, device, weight_bits)
+    if quantize != "none":
+        quantize_model(model, quantize)
+    logger.info("loaded %s on %s as %s (quantize: %s)", resolved.description, device, dtype, quantize)
     return model, tokenizer, resolved

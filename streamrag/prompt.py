@@ -133,6 +133,13 @@ class ChatFormat:
         encoded = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
         return RenderedMessage(list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]])
 
+    def content_lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of many contents as plain text, in one batched tokenizer call (ingestion sizing)."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def message(self, role: str, content: str, first: bool, generation_prompt: bool = False) -> RenderedMessage:
         """Tokens of one message as the template frames it, optionally followed by the generation prompt."""
         prefix, suffix = self.framing(role, first)

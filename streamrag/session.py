@@ -66,6 +66,7 @@ CONTEXT_ROLES = (MEMORY_ROLE, TOOLS_ROLE)  # what the session put into the conte
 SESSION_SETTINGS = ("cache.", "generation.", "recall.", "system_prompt")
 BUSY_GRACE_S = 0.5  # the model counts as in use this long after its last step (the gap between two tokens)
 REFEED_SHARE = 0.75  # a rebuilt cache re-feeds the newest messages that fit in this share of the window
+TEMPLATE_TOKENS = 8  # what a message's chat-template framing costs, about (role tags, newlines)
 REPLY_WAIT_S = 300.0  # how long a new turn waits for a reply another thread is still reading
 _SHARED: dict[str, Resources] = {}
 _SHARED_LOCK = threading.Lock()
@@ -687,7 +688,7 @@ class Assistant:
         budget = int(REFEED_SHARE * self.config.cache.window_tokens)
         tail: list[StoredMessage] = []
         for message in reversed(rest):
-            cost = self._count_tokens(message.content) + 8
+            cost = self._count_tokens(message.content) + TEMPLATE_TOKENS
             if tail and cost > budget:
                 break
             tail.append(message)
@@ -704,6 +705,22 @@ class Assistant:
         self._tools_fed = None
         logger.info("session %s: cache rebuilt, %d of %d messages re-fed", self.session_id, len(feed), len(messages))
         return prefill.tokens if prefill else 0
+
+    def _outgrows_window(self, messages: list[StoredMessage]) -> bool:
+        """Whether these messages alone overflow the window, so prefilling them all would only evict them again.
+
+        Then ingestion skips ahead: everything is logged for the archive
+        straight from the transcript and only the newest ~3/4 window is
+        prefilled (the same cache a resume builds). A 10k-message history costs
+        one log append and one window of prefill instead of a forward pass
+        over every token. Characters bound tokens from above, so short batches
+        are never tokenized here.
+        """
+        window = self.config.cache.window_tokens
+        if sum(len(m.content) for m in messages) <= window:
+            return False
+        counts = self.lm.format.content_lengths([m.content for m in messages])
+        return sum(counts) + TEMPLATE_TOKENS * len(messages) > window
 
     def _roll_back(self, message_ids: list[str | None]) -> None:
         """A step that failed is taken back whole (called with the session's lock held, then re-raise).
@@ -818,11 +835,17 @@ class Assistant:
         stored = self.transcript.append_many(self.session_id, rows)
         for row in stored:
             self._said[row.message_id] = (row.turn, row.created_at)
+        skip_ahead = self._outgrows_window(stored)
         try:
-            with self.resources.using_model():
-                self.lm.add_messages([(m.role, m.content, m.message_id) for m in stored])
+            if skip_ahead:
+                self._rebuild()
+            else:
+                with self.resources.using_model():
+                    self.lm.add_messages([(m.role, m.content, m.message_id) for m in stored])
         except BaseException:
             self._roll_back([row.message_id for row in stored])
+            if skip_ahead:
+                self._released = True  # the cache was being rebuilt: the next step rebuilds it from the transcript
             raise
         if stored:
             self._newest = stored[-1].message_id

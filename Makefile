@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export ANONYMIZED_TELEMETRY ?= False
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install run chat browser postgres test bench lint clean
+.PHONY: install run chat browser postgres test bench bench-llama-cpp lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ test: install browser postgres
 bench: install
 	$(VENV)/bin/streamrag bench ppl --tokens 1500 --window 256 --sinks 4 --out results
 	$(VENV)/bin/streamrag bench latency --out results
+	$(VENV)/bin/streamrag bench decode --out results
+
+# llama.cpp for `streamrag bench decode` to compare against (compiles from source: minutes).
+bench-llama-cpp: install
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet -e ".[bench]"
 
 lint: install
 	$(VENV)/bin/ruff check streamrag integrations apps tests

@@ -668,6 +668,69 @@ def bench_serve(
     console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
 
 
+@bench_app.command("decode")
+def bench_decode(
+    quantize: str = typer.Option("none,int8,int4", help="model.quantize settings to measure, comma-separated."),
+    threads: str = typer.Option("1,2", help="torch (and llama.cpp) thread counts, comma-separated."),
+    tokens: int = typer.Option(256, "--tokens", "-n", help="Greedy tokens decoded per measurement."),
+    prefill_tokens: int = typer.Option(1024, help="Tokens in the prefill measurement (and the perplexity text)."),
+    messages: int = typer.Option(10_000, help="Messages in the ingestion measurement (0 skips it)."),
+    baseline_messages: int = typer.Option(200, help="Of those, fed one add_message at a time as the baseline."),
+    llama_cpp: bool = typer.Option(True, help="Run llama.cpp on the same GGUF when llama_cpp is importable."),
+    out: Path = OutOption,
+    name: str = typer.Option("decode", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
+    config: Path | None = ConfigOption,
+    model: str | None = ModelOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Decode/prefill tokens/s, perplexity, warm start and ingestion per quantize setting, beside llama.cpp."""
+    _setup_logging(verbose)
+    cfg = load_config(config, **{"model.spec": model})
+    try:
+        modes = tuple(m.strip() for m in quantize.split(",") if m.strip())
+        counts = tuple(int(t) for t in threads.split(",") if t.strip())
+    except ValueError:
+        modes, counts = (), ()
+    if not modes or not set(modes) <= {"none", "int8", "int4"} or not counts or min(counts) < 1:
+        console.print("[red]error:[/red] need --quantize from none,int8,int4 and --threads like 1,2")
+        raise typer.Exit(2)
+    if tokens < 1 or prefill_tokens < 16 or messages < 0 or baseline_messages < 0:
+        console.print("[red]error:[/red] need --tokens >= 1, --prefill-tokens >= 16, --messages >= 0")
+        raise typer.Exit(2)
+    from streamrag.bench.decode import run_decode
+    from streamrag.models import ModelLoadError
+    from streamrag.quantize import QuantizeError
+
+    try:
+        result = run_decode(
+            cfg, out, modes, counts, tokens, prefill_tokens, messages, baseline_messages, llama_cpp, name
+        )
+    except (ModelLoadError, QuantizeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"{result['model']}: {tokens} greedy tokens, prefill of {prefill_tokens}")
+    for column in ("setting", "threads", "decode tok/s", "prefill tok/s", "perplexity", "warm start s"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    rows = dict(result["streamrag"])
+    if (result["llama_cpp"] or {}).get("available"):
+        rows["llama.cpp"] = result["llama_cpp"]
+    for setting, entry in rows.items():
+        for count in counts:
+            table.add_row(
+                setting,
+                str(count),
+                str(entry["decode_tokens_per_s"].get(str(count))),
+                str(entry["prefill_tokens_per_s"].get(str(count))),
+                str(entry.get("perplexity", "")),
+                str((entry.get("load") or {}).get("ready_s", "")),
+            )
+    Console().print(table)
+    for goal, entry in result["goals"].items():
+        verdict = {True: "met", False: "not met", None: "not measured"}[entry["met"]]
+        console.print(f"{goal}: {entry['measured']} (goal {entry['goal']}, {entry['setting']}): {verdict}")
+    console.print(f"wrote {out / (name + '.json')} and {out / (name + '.png')} in {result['wall_seconds']:.0f} s")
+
+
 @bench_app.command("crash")
 def bench_crash(
     trials: int = typer.Option(20, help="Kill-and-resume trials."),

@@ -185,3 +185,45 @@ def test_serve_bench_sends_the_same_load_through_the_api_and_the_app(embedded, d
     api = result["results"]["api"]["2"]
     assert api["total_throughput_vs_gradio"] > 0 and api["ttft_p50_vs_gradio"] > 0
     assert not any(tmp_path.glob("*.sqlite3"))  # runs write their stores in their own temporary folders
+
+
+def test_decode_bench_measures_each_setting_beside_llama_cpp_and_checks_the_goals(data_dir, tmp_path, keep_threads):
+    from streamrag.bench.decode import GOALS, llama_cpp_available
+
+    args = ["bench", "decode", "--quantize", "none,int4", "--threads", "1", "--tokens", "8", "--prefill-tokens", "64"]
+    args += ["--messages", "120", "--baseline-messages", "6", "--out", str(tmp_path)]
+    out = invoke(args, data_dir)
+    assert out.exit_code == 0 and "perplexity_vs_fp32" in out.output
+    result = json.loads((tmp_path / "decode.json").read_text())
+    assert_png(tmp_path / "decode.png")
+    assert result["default_setting"] == "int4"  # the embedded model is a 4-bit GGUF: auto means int4
+    for mode in ("none", "int4"):
+        entry = result["streamrag"][mode]
+        assert entry["quantized_as"] == mode
+        assert entry["decode_tokens_per_s"]["1"] > 0 and entry["prefill_tokens_per_s"]["1"] > 0
+        assert entry["prefilled_tokens"] >= 64 and entry["perplexity"] > 1
+        load = entry["load"]  # a fresh process loaded the model and produced a token
+        assert 0 < load["import_s"] < load["ready_s"] < load["first_token_s"] <= load["process_wall_s"]
+    assert result["ratios"]["int4"]["perplexity_vs_fp32"] < GOALS["perplexity_vs_fp32"]
+    ingestion = result["ingestion"]
+    assert ingestion["stored_messages"] == 120 and ingestion["archived_chunks"] > 0
+    assert ingestion["tokens_per_s"] > 0 and ingestion["indexed_s"] >= ingestion["returned_s"]
+    assert set(result["goals"]) == set(GOALS)
+    assert result["goals"]["perplexity_vs_fp32"]["met"] is True
+    reference = result["llama_cpp"]
+    assert reference["available"] == llama_cpp_available()
+    if reference["available"]:  # the optional `bench` extra: compiled from source, so not in `make test`
+        assert reference["decode_tokens_per_s"]["1"] > 0 and reference["load"]["ready_s"] > 0
+        assert result["ratios"]["int4"]["decode_vs_llama_cpp_1_thread"] > 0
+        assert result["goals"]["decode_vs_llama_cpp_1_thread"]["met"] in (True, False)
+    else:
+        assert "llama_cpp" in reference["reason"] and "decode_vs_llama_cpp_1_thread" not in result["ratios"]["int4"]
+    assert not any(tmp_path.glob("*.sqlite3"))
+
+
+def test_decode_bench_refuses_unknown_settings_before_loading(data_dir, tmp_path):
+    result = CliRunner().invoke(
+        app, ["bench", "decode", "--quantize", "int3", "--out", str(tmp_path)], env={"STREAMRAG_HOME": str(data_dir)}
+    )
+    assert result.exit_code == 2 and "--quantize" in result.output
+    assert not (tmp_path / "decode.json").exists()

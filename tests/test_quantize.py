@@ -186,3 +186,18 @@ def test_a_quantized_engine_rotates_evicted_keys_to_their_cache_positions(embedd
     assert cached.shape == fresh.shape
     # Layer 0's keys depend on the token and its position only: equal up to bf16 rounding of the projection.
     assert (cached - fresh).abs().max() < fresh.abs().max() * 2**-5
+
+
+@pytest.mark.parametrize("kind", [Int4WeightLinear, Int8WeightLinear])
+def test_a_prefill_chunk_and_single_rows_multiply_by_the_same_weight(kind):
+    from streamrag.quantize import PREFILL_ROWS
+
+    weight = q4_1_grid_weight(48, 3 * GROUP_SIZE, seed=3)
+    layer = kind(weight, None)
+    x = torch.randn(PREFILL_ROWS + 5, 3 * GROUP_SIZE)
+    chunk = layer(x)  # the prefill path: unpack to bf16, one matmul
+    rows = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])  # the decode path: the weight-only kernel
+    reference = x @ layer.dequantized().t()
+    tolerance = bf16_tolerance(x, weight)
+    assert (chunk - reference).abs().max() < tolerance
+    assert (rows - reference).abs().max() < tolerance

@@ -18,7 +18,8 @@ ledger):
 ``load``
     a fresh process (the converted model already on disk, as on every start
     after the first): seconds to import streamrag, then to
-    :meth:`StreamingLM.load`, and in total to the first token.
+    :meth:`StreamingLM.load`, and in total to the first token; the fastest of
+    :data:`LOAD_RUNS` processes, measured before this one loads anything.
 
 And once, for the default setting on all threads: ingesting a history of
 ``messages`` messages with ``Assistant.add_messages`` (seconds until it
@@ -68,6 +69,7 @@ GOALS = {
     "perplexity_vs_fp32": 1.02,  # quantisation costs at most 2%
 }
 WARMUP_TOKENS = 8
+LOAD_RUNS = 2  # start-up times vary with the page cache and the machine's load: the fastest of two is reported
 
 
 def llama_cpp_available() -> bool:
@@ -104,6 +106,11 @@ def run_decode(
         steps += len(threads) * 2 + 1
     with progress_bar() as progress:
         task = progress.add_task("decode bench", total=steps)
+        # Start-up first, while this process is idle: measured after the runs below, a child took 1.5x as long.
+        loads = {}
+        for mode in quantize:
+            loads[mode] = _warm_load(config, mode)
+            progress.advance(task)
         for mode in quantize:
             settings = config.model.model_copy(update={"quantize": mode})
             model, tokenizer, _ = load_model(settings, config.data_dir)
@@ -112,8 +119,7 @@ def run_decode(
             entry = _measure_engine(model, tokenizer, config, threads, decode_tokens, text, progress, task)
             entry["perplexity"] = _perplexity(model, tokenizer, prefill_tokens)
             progress.advance(task)
-            entry["load"] = _warm_load(config, mode)
-            progress.advance(task)
+            entry["load"] = loads[mode]
             entry["quantized_as"] = _quantized_as(model)
             results[mode] = entry
             if messages and mode == default_mode:
@@ -232,21 +238,27 @@ print(json.dumps({"import_s": imported - started, "load_s": loaded - imported, "
 """
 
 
-def _warm_load(config: StreamRAGConfig, mode: str) -> dict[str, Any]:
-    """A fresh interpreter loads the (already converted) model: where the seconds go."""
+def _warm_load(config: StreamRAGConfig, mode: str, runs: int = LOAD_RUNS) -> dict[str, Any]:
+    """Fresh interpreters load the (already converted) model: where the seconds go, in the fastest of ``runs``."""
     data = json.loads(config.model_dump_json())
     data["model"]["quantize"] = mode
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_SCRIPT, json.dumps(data)], capture_output=True, text=True, env=env, timeout=600
-    )
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        logger.error("warm-load subprocess failed: %s", done.stderr[-2000:])
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"}
-    timings = json.loads(done.stdout.strip().splitlines()[-1])
-    return {key: rounded(value, 3) for key, value in timings.items()} | {"process_wall_s": rounded(wall, 3)}
+    best: dict[str, Any] | None = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", _LOAD_SCRIPT, json.dumps(data)], capture_output=True, text=True, env=env, timeout=600
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            logger.error("warm-load subprocess failed: %s", done.stderr[-2000:])
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"
+            return {"error": last}
+        timings = {k: rounded(v, 3) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+        timings["process_wall_s"] = rounded(wall, 3)
+        if best is None or timings["ready_s"] < best["ready_s"]:
+            best = timings
+    return best | {"runs": runs}
 
 
 def history_messages(count: int, seed: int = 0) -> list[tuple[str, str]]:

@@ -183,12 +183,13 @@ def build_resources(embedded, path, **sections):
 
 
 @pytest.fixture
-def make_resources(embedded, tmp_path):
-    """``make_resources(**sections)``: fresh Resources under tmp_path around the shared model."""
+def make_resources(embedded_int4, tmp_path):
+    """``make_resources(**sections)``: fresh Resources under tmp_path around the shared model, as users get it
+    (int4 on CPU): sessions, archive and servers are tested on the default configuration."""
     made = []
 
     def build(**sections):
-        resources = build_resources(embedded, tmp_path / f"r{len(made)}", **sections)
+        resources = build_resources(embedded_int4, tmp_path / f"r{len(made)}", **sections)
         made.append(resources)
         return resources
 

@@ -23,12 +23,10 @@ def _join(docs) -> str:
 def main(resources=None, max_tokens: int = 48, exchanges: int = 40) -> tuple[list, str]:
     chat = ChatStreamRAG(resources=resources, config=SMALL_WINDOW, max_tokens=max_tokens, temperature=0)
     session = chat.get_session("rag-demo")
-    session.sync(long_history(exchanges))
-    session.flush()  # evicted text is indexed in the background; wait for it before reading the store
-    # ingest the history without generating
-    print(
-        f"cache: {session.lm.stats().evicted_tokens} tokens evicted, {session.stats().archived_chunks} chunks archived"
-    )
+    session.sync(long_history(exchanges))  # ingest the history without generating
+    session.flush()  # what the window cannot hold is indexed in the background; wait for it before reading the store
+    held, archived = session.lm.stats(), session.stats().archived_chunks
+    print(f"cache: {held.cache_tokens} of {held.capacity} tokens held, {archived} chunks archived")
 
     retriever = StreamRAGRetriever.from_session(session, k=3)
     prompt = ChatPromptTemplate.from_messages(

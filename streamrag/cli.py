@@ -677,6 +677,7 @@ def bench_decode(
     messages: int = typer.Option(10_000, help="Messages in the ingestion measurement (0 skips it)."),
     baseline_messages: int = typer.Option(200, help="Of those, fed one add_message at a time as the baseline."),
     llama_cpp: bool = typer.Option(True, help="Run llama.cpp on the same GGUF when llama_cpp is importable."),
+    load_runs: int = typer.Option(2, help="Fresh processes timed per setting for the warm start (the fastest counts)."),
     out: Path = OutOption,
     name: str = typer.Option("decode", help="File stem: writes OUT/NAME.json and OUT/NAME.png."),
     config: Path | None = ConfigOption,
@@ -694,8 +695,8 @@ def bench_decode(
     if not modes or not set(modes) <= {"none", "int8", "int4"} or not counts or min(counts) < 1:
         console.print("[red]error:[/red] need --quantize from none,int8,int4 and --threads like 1,2")
         raise typer.Exit(2)
-    if tokens < 1 or prefill_tokens < 16 or messages < 0 or baseline_messages < 0:
-        console.print("[red]error:[/red] need --tokens >= 1, --prefill-tokens >= 16, --messages >= 0")
+    if tokens < 1 or prefill_tokens < 16 or messages < 0 or baseline_messages < 0 or load_runs < 1:
+        console.print("[red]error:[/red] need --tokens >= 1, --prefill-tokens >= 16, --messages >= 0, --load-runs >= 1")
         raise typer.Exit(2)
     from streamrag.bench.decode import run_decode
     from streamrag.models import ModelLoadError
@@ -703,7 +704,7 @@ def bench_decode(
 
     try:
         result = run_decode(
-            cfg, out, modes, counts, tokens, prefill_tokens, messages, baseline_messages, llama_cpp, name
+            cfg, out, modes, counts, tokens, prefill_tokens, messages, baseline_messages, llama_cpp, name, load_runs
         )
     except (ModelLoadError, QuantizeError) as exc:
         console.print(f"[red]error:[/red] {exc}")

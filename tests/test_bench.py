@@ -191,7 +191,7 @@ def test_decode_bench_measures_each_setting_beside_llama_cpp_and_checks_the_goal
     from streamrag.bench.decode import GOALS, llama_cpp_available
 
     args = ["bench", "decode", "--quantize", "none,int4", "--threads", "1", "--tokens", "8", "--prefill-tokens", "64"]
-    args += ["--messages", "120", "--baseline-messages", "6", "--out", str(tmp_path)]
+    args += ["--messages", "120", "--baseline-messages", "6", "--load-runs", "1", "--out", str(tmp_path)]
     out = invoke(args, data_dir)
     assert out.exit_code == 0 and "perplexity_vs_fp32" in out.output
     result = json.loads((tmp_path / "decode.json").read_text())

@@ -90,6 +90,7 @@ def run_decode(
     baseline_messages: int = 200,
     llama_cpp: bool = True,
     name: str = "decode",
+    load_runs: int = LOAD_RUNS,
 ) -> dict[str, Any]:
     """Measure every setting and llama.cpp, write ``out/name.json`` and ``out/name.png``; returns the result."""
     from streamrag.models import load_model, resolve
@@ -109,7 +110,7 @@ def run_decode(
         # Start-up first, while this process is idle: measured after the runs below, a child took 1.5x as long.
         loads = {}
         for mode in quantize:
-            loads[mode] = _warm_load(config, mode)
+            loads[mode] = _warm_load(config, mode, load_runs)
             progress.advance(task)
         for mode in quantize:
             settings = config.model.model_copy(update={"quantize": mode})
@@ -147,6 +148,7 @@ def run_decode(
             "prefill_tokens": prefill_tokens,
             "messages": messages,
             "baseline_messages": baseline_messages,
+            "load_runs": load_runs,
         },
         "streamrag": results,
         "llama_cpp": reference,

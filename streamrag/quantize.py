@@ -164,10 +164,13 @@ def check_supported(mode: str, device: torch.device) -> None:
 def quantize_model(model: nn.Module, mode: str, keep_int8: tuple[str, ...] = ("lm_head",)) -> QuantizeReport:
     """Swap the model's linear layers for weight-only int4 or int8 ones, in place.
 
-    In int4 mode, layers named in ``keep_int8`` (the output layer: its logits
-    are what sampling reads, and int4 there cost 4.8% perplexity) and layers
-    the int4 kernel cannot take become int8 instead.
+    In int4 mode the output layer (the model's ``get_output_embeddings()``,
+    whatever a family calls it, and any layer named in ``keep_int8``: its
+    logits are what sampling reads, and int4 there cost 4.8% perplexity) and
+    layers the int4 kernel cannot take become int8 instead.
     """
+    getter = getattr(model, "get_output_embeddings", None)
+    output_layer = getter() if callable(getter) else None
     if mode not in ("int4", "int8"):
         raise QuantizeError(f"quantize_model needs 'int4' or 'int8', not {mode!r}")
     int4 = int8 = before = after = 0
@@ -176,7 +179,8 @@ def quantize_model(model: nn.Module, mode: str, keep_int8: tuple[str, ...] = ("l
             if not isinstance(child, nn.Linear):
                 continue
             before += child.weight.numel() * child.weight.element_size()
-            if mode == "int4" and name not in keep_int8 and fits_int4(child):
+            keep = child is output_layer or name in keep_int8
+            if mode == "int4" and not keep and fits_int4(child):
                 replacement: nn.Module = Int4WeightLinear(child.weight, child.bias)
                 int4 += 1
                 after += replacement.packed.numel() * 2 + replacement.scales_and_offsets.numel() * 4

@@ -84,6 +84,18 @@ class _Toy(nn.Module):
         self.lm_head = nn.Linear(64, 16, bias=False)
 
 
+class _OtherFamily(nn.Module):
+    """A model whose output layer has another name (GPT-NeoX calls it embed_out): found through the HF getter."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(64, 32)
+        self.embed_out = nn.Linear(32, 64, bias=False)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.embed_out
+
+
 def test_quantize_model_uses_int4_where_the_kernel_fits_and_int8_for_the_output_layer():
     toy = _Toy()
     report = quantize_model(toy, "int4")
@@ -97,6 +109,9 @@ def test_quantize_model_uses_int4_where_the_kernel_fits_and_int8_for_the_output_
     assert (report.int4_layers, report.int8_layers) == (2, 2)
     assert report.bytes_after * 3 < report.bytes_before
     assert not any(isinstance(m, nn.Linear) for m in toy.modules())
+    other = _OtherFamily()
+    quantize_model(other, "int4")
+    assert isinstance(other.layer, Int4WeightLinear) and isinstance(other.embed_out, Int8WeightLinear)
 
 
 def test_modes_are_checked_before_any_weight_is_touched():

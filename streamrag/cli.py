@@ -30,6 +30,7 @@ ConfigOption = typer.Option(None, "--config", "-c", help="YAML config (default: 
 ModelOption = typer.Option(None, "--model", "-m", help="Hub id, folder or .gguf file (default: embedded SmolLM2).")
 DeviceOption = typer.Option(None, help="auto, cpu, cuda, cuda:N.")
 DtypeOption = typer.Option(None, help="auto, fp32, bf16, fp16.")
+QuantizeOption = typer.Option(None, help="model.quantize: auto, none, int8, int4 (weight-only, CPU).")
 VerboseOption = typer.Option(False, "--verbose", "-v")
 ThreadsOption = typer.Option(None, help="torch CPU threads (default: torch's own choice).")
 OutOption = typer.Option(Path("results"), "--out", "-o", help="Output folder.")
@@ -98,6 +99,7 @@ def chat(
     sink_tokens: int | None = typer.Option(None, help="Attention-sink tokens kept at the start."),
     device: str | None = DeviceOption,
     dtype: str | None = DtypeOption,
+    quantize: str | None = QuantizeOption,
     temperature: float | None = typer.Option(None),
     max_new_tokens: int | None = typer.Option(None),
     verbose: bool = VerboseOption,
@@ -115,6 +117,7 @@ def chat(
             "cache.sink_tokens": sink_tokens,
             "model.device": device,
             "model.dtype": dtype,
+            "model.quantize": quantize,
             "generation.temperature": temperature,
             "generation.max_new_tokens": max_new_tokens,
         },
@@ -197,6 +200,7 @@ def serve(
     sink_tokens: int | None = typer.Option(None, help="Default attention-sink tokens for new sessions."),
     device: str | None = DeviceOption,
     dtype: str | None = DtypeOption,
+    quantize: str | None = QuantizeOption,
     verbose: bool = VerboseOption,
 ) -> None:
     """The Gradio app: streaming chat, memory panel, sessions, archive (http://127.0.0.1:7860).
@@ -213,6 +217,7 @@ def serve(
             "cache.sink_tokens": sink_tokens,
             "model.device": device,
             "model.dtype": dtype,
+            "model.quantize": quantize,
             "app.auth_file": str(auth_file) if auth_file else None,
         },
     )
@@ -246,6 +251,7 @@ def api(
     ),
     device: str | None = DeviceOption,
     dtype: str | None = DtypeOption,
+    quantize: str | None = QuantizeOption,
     verbose: bool = VerboseOption,
 ) -> None:
     """The OpenAI-compatible API: /v1/chat/completions, /v1/models, /v1/embeddings, session memory."""
@@ -256,6 +262,7 @@ def api(
             "model.spec": model,
             "model.device": device,
             "model.dtype": dtype,
+            "model.quantize": quantize,
             "server.host": host,
             "server.port": port,
             "server.api_key": api_key,
@@ -296,6 +303,7 @@ def generate(
     sink_tokens: int | None = typer.Option(None),
     device: str | None = typer.Option(None),
     dtype: str | None = typer.Option(None),
+    quantize: str | None = QuantizeOption,
     temperature: float | None = typer.Option(None),
     seed: int | None = typer.Option(None),
     verbose: bool = VerboseOption,
@@ -310,6 +318,7 @@ def generate(
             "cache.sink_tokens": sink_tokens,
             "model.device": device,
             "model.dtype": dtype,
+            "model.quantize": quantize,
             "generation.temperature": temperature,
             "generation.seed": seed,
         },
@@ -370,6 +379,7 @@ def bench_ppl(
     model: str | None = ModelOption,
     device: str | None = DeviceOption,
     dtype: str | None = DtypeOption,
+    quantize: str | None = QuantizeOption,
     verbose: bool = VerboseOption,
 ) -> None:
     """Perplexity of one long text: dense cache vs. sliding window vs. attention sinks (vs. Self-Extend), in one run."""
@@ -380,6 +390,7 @@ def bench_ppl(
             "model.spec": model,
             "model.device": device,
             "model.dtype": dtype,
+            "model.quantize": quantize,
             "cache.sink_tokens": sinks,
             "cache.window_tokens": window,
             "cache.evict_chunk": chunk,

@@ -44,6 +44,8 @@ def test_generate_streams_a_reply_with_constant_cache(config_file):
             "124",
             "--temperature",
             "0",
+            "--quantize",
+            "int8",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -57,6 +59,8 @@ def test_invalid_settings_exit_with_the_field_name(config_file):
     result = runner.invoke(app, ["generate", "-c", str(config_file), "-p", "x", "--window-tokens", "2"])
     assert result.exit_code == 2
     assert "cache.window_tokens" in result.output
+    result = runner.invoke(app, ["generate", "-c", str(config_file), "-p", "x", "--quantize", "int3"])
+    assert result.exit_code == 2 and "model.quantize" in result.output
 
 
 def test_empty_prompt_is_refused(config_file):

@@ -48,7 +48,37 @@ class QuantizeError(ValueError):
     """The requested quantisation cannot run here (wrong device, no kernel); the message says what to use."""
 
 
-class Int8WeightLinear(nn.Module):
+class _WeightOnlyLinear(nn.Module):
+    """What every quantized layer does around its own kernel: bf16 activations in, the model's dtype out.
+
+    Subclasses give ``_rows`` (few rows: the weight-only kernel) and
+    ``unpacked`` (the weight in bf16, for a prefill chunk's one matmul).
+    """
+
+    in_features: int
+    out_features: int
+    bias: nn.Parameter | None
+
+    def _keep_bias(self, bias: torch.Tensor | None) -> None:
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if flat.shape[0] >= PREFILL_ROWS:
+            out = torch.nn.functional.linear(flat, self.unpacked())
+        else:
+            out = self._rows(flat)
+        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def _rows(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def unpacked(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8WeightLinear(_WeightOnlyLinear):
     """A linear layer with an int8 weight and one scale per output row (symmetric)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -58,23 +88,21 @@ class Int8WeightLinear(nn.Module):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.register_buffer("qweight", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
         self.register_buffer("scales", scales.to(torch.bfloat16))
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self._keep_bias(bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if flat.shape[0] >= PREFILL_ROWS:
-            out = torch.nn.functional.linear(flat, self.qweight.to(torch.bfloat16) * self.scales[:, None])
-        else:
-            out = torch._weight_int8pack_mm(flat, self.qweight, self.scales)
-        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+    def _rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(flat, self.qweight, self.scales)
+
+    def unpacked(self) -> torch.Tensor:
+        """The weight in bf16: ``q * scale`` per row."""
+        return self.qweight.to(torch.bfloat16) * self.scales[:, None]
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer multiplies by, in fp32 (for tests and error measurement)."""
         return self.qweight.float() * self.scales.float()[:, None]
 
 
-class Int4WeightLinear(nn.Module):
+class Int4WeightLinear(_WeightOnlyLinear):
     """A linear layer with an int4 weight in groups of :data:`GROUP_SIZE` inputs, each with a scale and offset.
 
     A group's values are ``minimum + scale * q`` for ``q`` in 0..15 (GGUF's
@@ -104,16 +132,10 @@ class Int4WeightLinear(nn.Module):
         bf16_low = (self.scales_and_offsets[..., 1].t().unsqueeze(-1).float() - 8 * bf16_scale.float()).bfloat16()
         self.register_buffer("group_scale", bf16_scale)
         self.register_buffer("group_low", bf16_low)
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self._keep_bias(bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if flat.shape[0] >= PREFILL_ROWS:
-            out = torch.nn.functional.linear(flat, self.unpacked())
-        else:
-            out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP_SIZE, self.scales_and_offsets)
-        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+    def _rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP_SIZE, self.scales_and_offsets)
 
     def unpacked(self) -> torch.Tensor:
         """The weight in bf16, ``q * scale + minimum`` per group (the kernel's values, up to bf16 rounding)."""
@@ -130,7 +152,7 @@ class Int4WeightLinear(nn.Module):
         return torch._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP_SIZE, self.scales_and_offsets).float().t()
 
 
-class Int8GroupedLinear(nn.Module):
+class Int8GroupedLinear(_WeightOnlyLinear):
     """An int8 weight with one scale per :data:`GROUP_SIZE` inputs (GGUF's Q8_0), multiplied as two int4 planes.
 
     For the output layer in int4 mode: int4 there cost 4.8% perplexity, and
@@ -157,17 +179,11 @@ class Int8GroupedLinear(nn.Module):
         self.register_buffer("high_scales", torch.stack((16 * per_group, torch.zeros_like(per_group)), -1).bfloat16())
         self.register_buffer("low_scales", torch.stack((per_group, 8 * per_group), -1).bfloat16())
         self.register_buffer("group_scale", scale.to(torch.bfloat16))
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self._keep_bias(bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if flat.shape[0] >= PREFILL_ROWS:
-            out = torch.nn.functional.linear(flat, self.unpacked())
-        else:
-            out = torch._weight_int4pack_mm_for_cpu(flat, self.high, GROUP_SIZE, self.high_scales)
-            out = out.float() + torch._weight_int4pack_mm_for_cpu(flat, self.low, GROUP_SIZE, self.low_scales)
-        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+    def _rows(self, flat: torch.Tensor) -> torch.Tensor:
+        high = torch._weight_int4pack_mm_for_cpu(flat, self.high, GROUP_SIZE, self.high_scales)
+        return high.float() + torch._weight_int4pack_mm_for_cpu(flat, self.low, GROUP_SIZE, self.low_scales)
 
     def unpacked(self) -> torch.Tensor:
         """The weight in bf16: ``(shifted - 128) * scale`` per group."""

@@ -713,11 +713,14 @@ class Assistant:
         straight from the transcript and only the newest ~3/4 window is
         prefilled (the same cache a resume builds). A 10k-message history costs
         one log append and one window of prefill instead of a forward pass
-        over every token. Characters bound tokens from above, so short batches
+        over every token. A message's UTF-8 bytes plus one (SentencePiece's
+        word-start marker) bound its tokens from above: every token of a
+        byte-level or byte-fallback vocabulary covers at least one byte, while
+        characters do not (one emoji can be several tokens). So short batches
         are never tokenized here.
         """
         window = self.config.cache.window_tokens
-        if sum(len(m.content) for m in messages) <= window:
+        if sum(len(m.content.encode()) + 1 + TEMPLATE_TOKENS for m in messages) <= window:
             return False
         counts = self.lm.format.content_lengths([m.content for m in messages])
         return sum(counts) + TEMPLATE_TOKENS * len(messages) > window

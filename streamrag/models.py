@@ -213,9 +213,7 @@ def _convert_gguf(resolved: ResolvedModel, target: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        gguf_path = Path(resolved.path) / resolved.gguf_file
-        bits = gguf_weight_bits(gguf_path)
-        (staging / SOURCE_NOTE).write_text(json.dumps({"gguf_file": gguf_path.name, "weight_bits": bits}))
+        source_weight_bits(staging, Path(resolved.path) / resolved.gguf_file)  # the note goes in with the weights
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

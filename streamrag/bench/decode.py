@@ -276,7 +276,10 @@ def history_messages(count: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def _token_count(tokenizer, messages: list[tuple[str, str]]) -> int:
-    return sum(len(ids) for ids in tokenizer([text for _, text in messages], add_special_tokens=False)["input_ids"])
+    """Content tokens as the engine counts them (``ChatFormat.content_lengths``), template framing aside."""
+    from streamrag.prompt import ChatFormat
+
+    return sum(ChatFormat(tokenizer).content_lengths([text for _, text in messages]))
 
 
 def _ingestion(model, tokenizer, config, count: int, baseline_count: int, threads: int) -> dict[str, Any]:
